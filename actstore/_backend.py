@@ -1,0 +1,286 @@
+"""Where bytes live: a local Zarr v3 directory or one HDF5 file, behind one small chunk-level interface.
+
+The writer and the reader never go through zarr-python's or h5py's element-wise paths: they move whole encoded
+chunks and blocks (see ``_codec``), which is what lets them compress on every core and decode into reused buffers.
+The files stay ordinary Zarr v3 / HDF5 that other tools read.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._codec import BlockCodec, index_size, join_shard, parse_index, split_shard
+from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError, StoreLockedError
+from ._format import META_KEY
+
+__all__ = ["BACKENDS", "Backend", "FileLock", "ZarrDirBackend", "create_backend", "detect_backend", "open_backend"]
+
+BACKENDS = ("zarr", "hdf5")
+_H5_SUFFIXES = (".h5", ".hdf5")
+_MAX_META_BYTES = 64 << 20
+
+
+def detect_backend(path: str | os.PathLike[str]) -> str:
+    """``hdf5`` for ``*.h5`` / ``*.hdf5`` paths, else ``zarr``."""
+    return "hdf5" if str(path).lower().endswith(_H5_SUFFIXES) else "zarr"
+
+
+class Backend(ABC):
+    """Chunk-level access to one store."""
+
+    path: str
+    checksums: bool
+
+    @abstractmethod
+    def read_meta(self) -> Any: ...
+
+    @abstractmethod
+    def write_meta(self, meta: dict[str, Any], *, durable: bool) -> None: ...
+
+    @abstractmethod
+    def create_array(
+        self, key: str, width: int, dtype: np.dtype, codec: BlockCodec, chunk_rows: int, block_rows: int
+    ) -> None: ...
+
+    @abstractmethod
+    def set_rows(self, key: str, n_rows: int) -> None: ...
+
+    @abstractmethod
+    def write_chunk(self, key: str, chunk: int, blocks: list[bytes | None], *, durable: bool) -> None: ...
+
+    @abstractmethod
+    def read_chunk(self, key: str, chunk: int, n_blocks: int) -> list[memoryview | bytes | None]: ...
+
+    @abstractmethod
+    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None: ...
+
+    @abstractmethod
+    def lock(self) -> None:
+        """Take the store's exclusive writer lock or raise ``StoreLockedError``."""
+
+    def sync(self) -> None:  # noqa: B027 - optional hook: backends that buffer override it
+        """Make everything written so far durable."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files and locks."""
+
+    def stored_bytes(self) -> int:
+        """Bytes the store occupies."""
+        return 0
+
+
+class FileLock:
+    """An exclusive, non-blocking ``flock`` held for a writer's lifetime (released by the OS if it dies)."""
+
+    def __init__(self, lock_path: str | os.PathLike[str], store: str) -> None:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(f"{store} is already open for writing by another writer (lock held)") from None
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+# ---------------------------------------------------------------------------------------------------- zarr
+
+
+class ZarrDirBackend(Backend):
+    """A Zarr v3 hierarchy in a local directory."""
+
+    checksums = True
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        self.root = Path(path)
+        self._lock: FileLock | None = None
+        self._groups: set[str] = set()
+
+    # -- lifecycle
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], *, overwrite: bool) -> ZarrDirBackend:
+        root = Path(path)
+        if root.exists():
+            if not overwrite:
+                raise StoreExistsError(f"{root} already exists; pass resume=True to append or overwrite=True to replace it")
+            if (root / "zarr.json").exists() or not any(root.iterdir()):
+                shutil.rmtree(root) if root.is_dir() else root.unlink()
+            else:
+                raise StoreExistsError(f"{root} exists and is not an actstore store; refusing to delete it")
+        root.mkdir(parents=True)
+        return cls(root)
+
+    def lock(self) -> None:
+        self._lock = FileLock(self.root / ".actstore.lock", self.path)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- files
+    def _write_atomic(self, rel: str, data: bytes, *, durable: bool) -> None:
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+        if durable:
+            dfd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def _doc(self, rel: str) -> dict[str, Any]:
+        return json.loads((self.root / rel / "zarr.json").read_text())
+
+    def _ensure_groups(self, key: str) -> None:
+        parts = key.split("/")[:-1]
+        for i in range(len(parts)):
+            group = "/".join(parts[: i + 1])
+            if group in self._groups:
+                continue
+            if not (self.root / group / "zarr.json").exists():
+                doc = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+                self._write_atomic(f"{group}/zarr.json", json.dumps(doc).encode(), durable=False)
+            self._groups.add(group)
+
+    # -- metadata
+    def read_meta(self) -> Any:
+        doc_path = self.root / "zarr.json"
+        if not self.root.exists():
+            raise NotAStoreError(f"no store at {self.path}: the path does not exist")
+        if not doc_path.is_file():
+            raise NotAStoreError(f"{self.path} is not an actstore store: it has no zarr.json")
+        raw = doc_path.read_bytes()
+        if len(raw) > _MAX_META_BYTES:
+            raise CorruptStoreError(f"{doc_path} is {len(raw)} bytes, more than any actstore metadata")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptStoreError(f"{doc_path} is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("attributes"), dict):
+            raise NotAStoreError(f"{self.path} is a zarr node without attributes, not an actstore store")
+        if META_KEY not in doc["attributes"]:
+            raise NotAStoreError(f"{self.path} is a zarr group but not an actstore store (no {META_KEY!r} attribute)")
+        return doc["attributes"][META_KEY]
+
+    def write_meta(self, meta: dict[str, Any], *, durable: bool) -> None:
+        doc = {"zarr_format": 3, "node_type": "group", "attributes": {META_KEY: meta}}
+        self._write_atomic("zarr.json", json.dumps(doc, indent=1).encode(), durable=durable)
+
+    # -- arrays
+    def create_array(
+        self, key: str, width: int, dtype: np.dtype, codec: BlockCodec, chunk_rows: int, block_rows: int
+    ) -> None:
+        self._ensure_groups(key)
+        doc = {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": [0, width],
+            "data_type": np.dtype(dtype).name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, width]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0,
+            "codecs": [
+                {
+                    "name": "sharding_indexed",
+                    "configuration": {
+                        "chunk_shape": [block_rows, width],
+                        "codecs": codec.zarr_codecs(),
+                        "index_codecs": [
+                            {"name": "bytes", "configuration": {"endian": "little"}},
+                            {"name": "crc32c"},
+                        ],
+                        "index_location": "end",
+                    },
+                }
+            ],
+            "attributes": {},
+            "storage_transformers": [],
+        }
+        self._write_atomic(f"{key}/zarr.json", json.dumps(doc, indent=1).encode(), durable=False)
+
+    def set_rows(self, key: str, n_rows: int) -> None:
+        doc = self._doc(key)
+        if doc["shape"][0] != n_rows:
+            doc["shape"][0] = n_rows
+            self._write_atomic(f"{key}/zarr.json", json.dumps(doc, indent=1).encode(), durable=False)
+
+    def _chunk_path(self, key: str, chunk: int) -> Path:
+        return self.root / key / "c" / str(chunk) / "0"
+
+    def write_chunk(self, key: str, chunk: int, blocks: list[bytes | None], *, durable: bool) -> None:
+        self._write_atomic(f"{key}/c/{chunk}/0", join_shard(blocks), durable=durable)
+
+    def read_chunk(self, key: str, chunk: int, n_blocks: int) -> list[memoryview | bytes | None]:
+        where = f"chunk {chunk} of {key} in {self.path}"
+        try:
+            data = self._chunk_path(key, chunk).read_bytes()
+        except FileNotFoundError:
+            raise CorruptStoreError(f"{where} is missing although the commit record covers it") from None
+        return list(split_shard(data, n_blocks, where=where))
+
+    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
+        chunk, inner = divmod(block, n_blocks_per_chunk)
+        where = f"chunk {chunk} of {key} in {self.path}"
+        try:
+            fd = os.open(self._chunk_path(key, chunk), os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptStoreError(f"{where} is missing although the commit record covers it") from None
+        try:
+            size = os.fstat(fd).st_size
+            isize = index_size(n_blocks_per_chunk)
+            if size < isize:
+                raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its index")
+            entries = parse_index(os.pread(fd, isize, size - isize), n_blocks_per_chunk, size - isize, where=where)
+            entry = entries[inner]
+            return None if entry is None else os.pread(fd, entry[1], entry[0])
+        finally:
+            os.close(fd)
+
+
+    def stored_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+
+def create_backend(path: str | os.PathLike[str], backend: str, *, overwrite: bool) -> Backend:
+    """A new, empty store of the given backend at ``path``."""
+    if backend == "hdf5":
+        from ._h5 import H5Backend
+
+        return H5Backend.create(path, overwrite=overwrite)
+    return ZarrDirBackend.create(path, overwrite=overwrite)
+
+
+def open_backend(path: str | os.PathLike[str], backend: str, *, writable: bool) -> Backend:
+    """An existing store; raises :class:`NotAStoreError` when there is none."""
+    if not Path(path).exists():
+        raise NotAStoreError(f"no store at {path}: the path does not exist")
+    if backend == "hdf5":
+        from ._h5 import H5Backend
+
+        return H5Backend(path, "r+" if writable else "r")
+    if not Path(path).is_dir():
+        raise NotAStoreError(f"{path} is a file, not a Zarr store directory (HDF5 stores end in .h5)")
+    return ZarrDirBackend(path)

@@ -1,0 +1,186 @@
+"""Reading rows of one stored array: whole chunks or single blocks, decoded concurrently, with a block cache."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ._backend import Backend
+from ._codec import BlockCodec
+
+__all__ = ["ArrayReader", "BlockCache", "decode_pool"]
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """The process-wide pool that reads and decodes blocks (the codecs release the GIL)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="actstore-dec")
+        return _POOL
+
+
+class BlockCache:
+    """LRU of decoded blocks, bounded in bytes, shared by the arrays of one store."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> np.ndarray | None:
+        with self._lock:
+            arr = self._data.get(key)
+            if arr is not None:
+                self._data.move_to_end(key)
+            return arr
+
+    def put(self, key: tuple[str, int], arr: np.ndarray) -> None:
+        if arr.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._data:
+                return
+            self._data[key] = arr
+            self._bytes += arr.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._data.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+
+class ArrayReader:
+    """Rows ``[0, n_rows)`` of one array, as storage-dtype numpy."""
+
+    SMALL = 8
+    """Reads touching at most this many blocks go through the cache."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        key: str,
+        width: int,
+        dtype: np.dtype,
+        codec: BlockCodec,
+        chunk_rows: int,
+        block_rows: int,
+        n_rows: int,
+        cache: BlockCache,
+    ) -> None:
+        self.backend = backend
+        self.key = key
+        self.width = width
+        self.dtype = np.dtype(dtype)
+        self.codec = codec
+        self.chunk_rows = chunk_rows
+        self.block_rows = block_rows
+        self.per_chunk = chunk_rows // block_rows
+        self.n_rows = n_rows
+        self.cache = cache
+
+    # ------------------------------------------------------------------------------------ primitives
+    def _where(self, block: int) -> str:
+        return f"block {block} (chunk {block // self.per_chunk}) of {self.key} in {self.backend.path}"
+
+    def _decode(self, blob: bytes | memoryview | None, block: int, out: np.ndarray) -> None:
+        if blob is None:
+            out[...] = 0
+        else:
+            self.codec.decode(blob, out, where=self._where(block))
+
+    def _fetch_block(self, block: int, out: np.ndarray) -> None:
+        self._decode(self.backend.read_block(self.key, block, self.per_chunk), block, out)
+
+    def block(self, block: int) -> np.ndarray:
+        """One decoded block (cached)."""
+        hit = self.cache.get((self.key, block))
+        if hit is not None:
+            return hit
+        out = np.empty((self.block_rows, self.width), dtype=self.dtype)
+        self._fetch_block(block, out)
+        self.cache.put((self.key, block), out)
+        return out
+
+    def read_chunk_into(self, chunk: int, out: np.ndarray, parallel: bool = True) -> None:
+        """Decode all blocks of ``chunk`` into ``out`` (chunk_rows x width), in parallel over blocks."""
+        blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk)
+        first = chunk * self.per_chunk
+        jobs = [
+            (blob, first + i, out[i * self.block_rows : (i + 1) * self.block_rows]) for i, blob in enumerate(blobs)
+        ]
+        if parallel and len(jobs) > 1:
+            for f in [decode_pool().submit(self._decode, *j) for j in jobs]:
+                f.result()
+        else:
+            for j in jobs:
+                self._decode(*j)
+
+    # ------------------------------------------------------------------------------------------- reads
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)``; whole blocks decode straight into the result."""
+        out = np.empty((stop - start, self.width), dtype=self.dtype)
+        if stop <= start:
+            return out
+        b0, b1 = start // self.block_rows, (stop - 1) // self.block_rows + 1
+        if b1 - b0 <= self.SMALL:
+            for b in range(b0, b1):
+                self._copy_block(self.block(b), b, start, stop, out)
+            return out
+        futures = []
+        for b in range(b0, b1):
+            lo, hi = b * self.block_rows, (b + 1) * self.block_rows
+            if lo >= start and hi <= stop:
+                futures.append(decode_pool().submit(self._fetch_block, b, out[lo - start : hi - start]))
+            else:
+                futures.append(decode_pool().submit(self._edge_block, b, start, stop, out))
+        for f in futures:
+            f.result()
+        return out
+
+    def _edge_block(self, b: int, start: int, stop: int, out: np.ndarray) -> None:
+        tmp = np.empty((self.block_rows, self.width), dtype=self.dtype)
+        self._fetch_block(b, tmp)
+        self._copy_block(tmp, b, start, stop, out)
+
+    def _copy_block(self, data: np.ndarray, b: int, start: int, stop: int, out: np.ndarray) -> None:
+        lo = max(start, b * self.block_rows)
+        hi = min(stop, (b + 1) * self.block_rows)
+        out[lo - start : hi - start] = data[lo - b * self.block_rows : hi - b * self.block_rows]
+
+    def read_rows(self, idx: np.ndarray) -> np.ndarray:
+        """Rows at ``idx`` (any order, repeats allowed, all in range); each touched block is decoded once."""
+        out = np.empty((idx.shape[0], self.width), dtype=self.dtype)
+        if idx.size == 0:
+            return out
+        blocks = idx // self.block_rows
+        uniq, inverse = np.unique(blocks, return_inverse=True)
+        if uniq.size <= self.SMALL:
+            for j, b in enumerate(uniq):
+                sel = np.nonzero(inverse == j)[0]
+                out[sel] = self.block(int(b))[idx[sel] - b * self.block_rows]
+            return out
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(uniq.size + 1))
+
+        def work(j: int) -> None:
+            b = int(uniq[j])
+            sel = order[bounds[j] : bounds[j + 1]]
+            tmp = np.empty((self.block_rows, self.width), dtype=self.dtype)
+            self._fetch_block(b, tmp)
+            out[sel] = tmp[idx[sel] - b * self.block_rows]
+
+        for f in [decode_pool().submit(work, j) for j in range(uniq.size)]:
+            f.result()
+        return out

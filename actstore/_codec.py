@@ -1,0 +1,146 @@
+"""Block codecs and the shard layout (zarr v3 ``sharding_indexed``, index at the end, crc32c everywhere).
+
+A *chunk* (zarr's shard) holds ``chunk_rows`` rows as ``chunk_rows // block_rows`` independently compressed
+*blocks*. Each encoded block is ``codec(bytes) + crc32c``; the chunk ends with an index of (offset, nbytes) uint64
+pairs per block plus the index's own crc32c. This is exactly what zarr-python and tensorstore read for an array
+whose codecs are ``[sharding_indexed(chunk_shape=[block_rows, d], codecs=[bytes, blosc, crc32c])]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import crc32c as _crc
+import numcodecs
+import numpy as np
+
+from ._errors import CorruptStoreError
+
+__all__ = ["BlockCodec", "join_shard", "split_shard"]
+
+_MISSING = np.uint64(2**64 - 1)
+_BLOSC = {
+    "lz4": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
+    "zstd": {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"},
+}
+_SHUFFLE_IDS = {"shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
+
+
+def crc32c(data: bytes | memoryview | np.ndarray) -> bytes:
+    return _crc.crc32c(data).to_bytes(4, "little")
+
+
+class BlockCodec:
+    """Encodes one block of rows to bytes and decodes it back into a caller's buffer."""
+
+    def __init__(self, name: str, dtype: np.dtype, *, checksum: bool = True) -> None:
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.checksum = checksum
+        spec = _BLOSC.get(name)
+        self._blosc = (
+            None
+            if spec is None
+            else numcodecs.Blosc(cname=spec["cname"], clevel=spec["clevel"], shuffle=_SHUFFLE_IDS[spec["shuffle"]])
+        )
+
+    def encode(self, block: np.ndarray) -> bytes:
+        raw = np.ascontiguousarray(block)
+        body = bytes(raw.data) if self._blosc is None else self._blosc.encode(raw)
+        return body + crc32c(body) if self.checksum else body
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray, *, where: str = "block") -> None:
+        """Decode ``data`` into ``out`` (C-contiguous, exactly one block), verifying the checksum."""
+        view = memoryview(data)
+        if self.checksum:
+            if len(view) < 4 or crc32c(view[:-4]) != bytes(view[-4:]):
+                raise CorruptStoreError(f"checksum mismatch in {where}: the stored bytes are corrupt or truncated")
+            view = view[:-4]
+        try:
+            if self._blosc is None:
+                if len(view) != out.nbytes:
+                    raise ValueError(f"expected {out.nbytes} bytes, found {len(view)}")
+                out.reshape(-1).view(np.uint8)[:] = np.frombuffer(view, dtype=np.uint8)
+            else:
+                self._blosc.decode(view, out=out)
+        except CorruptStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a codec error means the bytes are bad
+            raise CorruptStoreError(f"cannot decode {where}: {exc}") from exc
+
+    def zarr_codecs(self) -> list[dict[str, Any]]:
+        """The inner codec chain as zarr v3 JSON."""
+        chain: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+        spec = _BLOSC.get(self.name)
+        if spec is not None:
+            chain.append(
+                {
+                    "name": "blosc",
+                    "configuration": {**spec, "typesize": self.dtype.itemsize, "blocksize": 0},
+                }
+            )
+        if self.checksum:
+            chain.append({"name": "crc32c"})
+        return chain
+
+    def hdf5_filter(self) -> dict[str, Any]:
+        """h5py ``create_dataset`` keywords for the same compression (the blosc filter of hdf5plugin)."""
+        spec = _BLOSC.get(self.name)
+        if spec is None:
+            return {}
+        import hdf5plugin
+
+        shuffle = {"shuffle": hdf5plugin.Blosc.SHUFFLE, "bitshuffle": hdf5plugin.Blosc.BITSHUFFLE}[spec["shuffle"]]
+        return dict(hdf5plugin.Blosc(cname=spec["cname"], clevel=spec["clevel"], shuffle=shuffle))
+
+
+def join_shard(blocks: list[bytes | None]) -> bytes:
+    """Concatenate encoded blocks (``None`` = absent) and append the shard index."""
+    index = np.full((len(blocks), 2), _MISSING, dtype="<u8")
+    parts: list[bytes] = []
+    offset = 0
+    for i, blob in enumerate(blocks):
+        if blob is None:
+            continue
+        index[i] = (offset, len(blob))
+        parts.append(blob)
+        offset += len(blob)
+    index_bytes = index.tobytes()
+    parts.append(index_bytes)
+    parts.append(crc32c(index_bytes))
+    return b"".join(parts)
+
+
+def index_size(n_blocks: int) -> int:
+    """Bytes of a chunk's trailing index (entries plus its crc32c)."""
+    return 16 * n_blocks + 4
+
+
+def parse_index(tail: bytes | memoryview, n_blocks: int, data_len: int, *, where: str) -> list[tuple[int, int] | None]:
+    """(offset, nbytes) of each block from a chunk's trailing index; ``None`` where a block is absent."""
+    view = memoryview(tail)
+    if len(view) != index_size(n_blocks):
+        raise CorruptStoreError(f"{where} is truncated: its index should be {index_size(n_blocks)} bytes")
+    if crc32c(view[:-4]) != bytes(view[-4:]):
+        raise CorruptStoreError(f"checksum mismatch in the index of {where}: the chunk is corrupt or truncated")
+    index = np.frombuffer(view[:-4], dtype="<u8").reshape(n_blocks, 2)
+    out: list[tuple[int, int] | None] = []
+    for i, (off, nbytes) in enumerate(index):
+        if off == _MISSING and nbytes == _MISSING:
+            out.append(None)
+            continue
+        if int(off) + int(nbytes) > data_len:
+            raise CorruptStoreError(f"block {i} of {where} points past the end of the data ({off}+{nbytes} > {data_len})")
+        out.append((int(off), int(nbytes)))
+    return out
+
+
+def split_shard(data: bytes | memoryview, n_blocks: int, *, where: str) -> list[memoryview | None]:
+    """Inverse of :func:`join_shard`: views of each encoded block (``None`` where absent)."""
+    view = memoryview(data)
+    size = index_size(n_blocks)
+    if len(view) < size:
+        raise CorruptStoreError(f"{where} is truncated: {len(view)} bytes, shorter than its {size}-byte index")
+    limit = len(view) - size
+    entries = parse_index(view[limit:], n_blocks, limit, where=where)
+    return [None if e is None else view[e[0] : e[0] + e[1]] for e in entries]

@@ -1,0 +1,57 @@
+"""Writer configuration: a frozen dataclass validated without I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._errors import ActStoreError
+
+__all__ = ["CODECS", "StoreConfig"]
+
+CODECS: tuple[str, ...] = ("lz4", "zstd", "none")
+"""Codec names: ``lz4`` = blosc lz4 + bitshuffle (the default, fast), ``zstd`` = blosc zstd(1) + byte shuffle
+(archives, smaller and about 2x the CPU), ``none`` = raw bytes (fastest, largest). Every codec adds a crc32c."""
+
+
+class ConfigError(ActStoreError, ValueError):
+    """A configuration value outside its valid range."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """How a :class:`~actstore.StoreWriter` lays out and writes a store."""
+
+    codec: str = "lz4"
+    """Block codec, one of ``CODECS``."""
+    chunk_rows: int = 4096
+    """Rows per chunk (one file / object per array, the unit the writer writes and the loader shuffles)."""
+    block_rows: int = 256
+    """Rows per compressed block inside a chunk (the unit a random read decodes); divides ``chunk_rows``."""
+    queue_bytes: int = 1 << 30
+    """Bytes the append queue may hold before ``append`` blocks the producer (backpressure)."""
+    commit_interval_s: float = 5.0
+    """A commit mark becomes durable within this many seconds (0 = every mark is written at once)."""
+    autocommit: bool = True
+    """Every ``append*`` call is its own commit mark; set False and call ``commit()`` per batch for transactions."""
+    durable: bool = False
+    """fsync every data file before the commit record that makes it visible (slower; survives power loss)."""
+    threads: int = 0
+    """Threads that compress and write chunks (0 = one per CPU core)."""
+    max_prompt_bytes: int = 1024
+    """Width of the per-sample UTF-8 prompt column; longer prompts are refused."""
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown codec {self.codec!r}; valid codecs are {list(CODECS)}")
+        for name in ("chunk_rows", "block_rows", "queue_bytes", "max_prompt_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if self.chunk_rows % self.block_rows:
+            raise ConfigError(
+                f"block_rows={self.block_rows} must divide chunk_rows={self.chunk_rows}"
+            )
+        if self.commit_interval_s < 0:
+            raise ConfigError(f"commit_interval_s must be >= 0, got {self.commit_interval_s!r}")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(f"threads must be an int >= 0, got {self.threads!r}")

@@ -1,0 +1,228 @@
+"""The on-disk format: version, names, dtypes, array keys and the JSON metadata document.
+
+Everything a reader trusts is parsed here, against a schema, from plain JSON. Nothing is unpickled or evaluated.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._errors import CorruptStoreError, FormatVersionError, InvalidNameError, SchemaMismatchError
+
+FORMAT_VERSION = 1
+"""Bumped on any change a version-1 reader could misread."""
+
+META_KEY = "actstore"
+"""Name of the root attribute that holds the metadata document."""
+
+NO_STEP = -1
+"""``step`` value of rows that belong to no denoising step (prefix-only roles such as ``instruction``)."""
+
+ROW_COLUMNS: tuple[str, ...] = ("sample", "step", "position")
+"""Columns every role's row table has, in this order; extra integer columns follow."""
+
+COND_COLUMNS: tuple[str, ...] = ("sample", "step")
+"""Columns of every conditioning table."""
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+# name -> (torch dtype, numpy storage dtype). bfloat16 is stored as its uint16 bits.
+DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
+    "bfloat16": (torch.bfloat16, np.dtype("<u2")),
+    "float16": (torch.float16, np.dtype("<f2")),
+    "float32": (torch.float32, np.dtype("<f4")),
+    "float64": (torch.float64, np.dtype("<f8")),
+}
+_TORCH_TO_NAME = {t: n for n, (t, _) in DTYPES.items()}
+
+
+def check_name(name: object, what: str) -> str:
+    """Return ``name`` as a safe path component, or raise :class:`InvalidNameError`."""
+    if isinstance(name, bool) or not isinstance(name, (int, str)):
+        raise InvalidNameError(f"{what} name must be a str or a non-negative int, got {name!r}")
+    if isinstance(name, int) and name < 0:
+        raise InvalidNameError(f"{what} {name!r} is negative; layers are numbered from 0")
+    text = str(name)
+    if not _NAME_RE.match(text) or text.endswith(".json"):
+        raise InvalidNameError(
+            f"{what} name {text!r} cannot be used: names are 1-128 characters of letters, digits, '_', '.', '-', "
+            "do not start with '.' or '-', and contain no '/', '..' prefix, NUL or control characters"
+        )
+    return text
+
+
+def dtype_name(dtype: torch.dtype | np.dtype) -> str:
+    """The format's name for a torch or numpy floating dtype."""
+    if isinstance(dtype, torch.dtype):
+        name = _TORCH_TO_NAME.get(dtype)
+    else:
+        dt = np.dtype(dtype)
+        name = dt.name if dt.name in DTYPES else None
+    if name is None:
+        raise SchemaMismatchError(f"activations of dtype {dtype} cannot be stored; valid dtypes are {list(DTYPES)}")
+    return name
+
+
+def to_storage(values: Any) -> tuple[np.ndarray, str]:
+    """View a CPU tensor or numpy array of activations as its storage array (bf16 -> uint16 bits), no copy."""
+    if isinstance(values, torch.Tensor):
+        if values.device.type != "cpu":
+            raise SchemaMismatchError(f"activations must be on the CPU, got a tensor on {values.device}")
+        name = dtype_name(values.dtype)
+        t = values.detach()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        if name == "bfloat16":
+            return t.view(torch.uint16).numpy(), name
+        return t.numpy(), name
+    arr = np.asarray(values)
+    if arr.dtype.name == "bfloat16":  # ml_dtypes
+        return np.ascontiguousarray(arr).view("<u2"), "bfloat16"
+    name = dtype_name(arr.dtype)
+    return np.ascontiguousarray(arr, dtype=DTYPES[name][1]), name
+
+
+def from_storage(arr: np.ndarray, name: str) -> torch.Tensor:
+    """Turn a storage array back into a tensor of the recorded dtype, no copy."""
+    t = torch.from_numpy(arr)
+    return t.view(torch.bfloat16) if name == "bfloat16" else t
+
+
+def acts_key(role: str, layer: str) -> str:
+    return f"acts/{role}/{layer}"
+
+
+def rows_key(role: str) -> str:
+    return f"rows/{role}"
+
+
+def cond_acts_key(name: str) -> str:
+    return f"cond/{name}/acts"
+
+
+def cond_rows_key(name: str) -> str:
+    return f"cond/{name}/rows"
+
+
+SAMPLE_KEYS = {
+    "table": "samples/table",
+    "instruction_mask": "samples/instruction_mask",
+    "prompt_ids": "samples/prompt_ids",
+    "prompt": "samples/prompt",
+}
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def new_metadata(attrs: Mapping[str, Any], layout: Mapping[str, Any], library: str) -> dict[str, Any]:
+    """The metadata document of an empty store."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "created": now_iso(),
+        "library": library,
+        "attrs": dict(attrs),
+        "layout": dict(layout),
+        "roles": {},
+        "conds": {},
+        "samples": None,
+        "commit": {"seq": 0, "time": None, "roles": {}, "conds": {}, "samples": 0, "progress": None},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def _fail(path: str, msg: str) -> CorruptStoreError:
+    return CorruptStoreError(f"malformed actstore metadata in {path}: {msg}")
+
+
+def _expect(cond: bool, path: str, msg: str) -> None:
+    if not cond:
+        raise _fail(path, msg)
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def validate_metadata(meta: object, path: str) -> dict[str, Any]:
+    """Check a parsed metadata document against the schema; return it or raise ``CorruptStoreError``."""
+    _expect(isinstance(meta, dict), path, f"expected a JSON object, got {type(meta).__name__}")
+    assert isinstance(meta, dict)
+    version = meta.get("format_version")
+    _expect(_is_count(version), path, f"format_version must be a non-negative int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path} has format_version {version}; this actstore reads versions up to {FORMAT_VERSION}: upgrade actstore"
+        )
+    for key, typ in (("attrs", dict), ("layout", dict), ("roles", dict), ("conds", dict), ("commit", dict)):
+        _expect(isinstance(meta.get(key), typ), path, f"{key!r} must be a JSON {typ.__name__}")
+    layout = meta["layout"]
+    _expect(layout.get("codec") in ("lz4", "zstd", "none"), path, f"unknown codec {layout.get('codec')!r}")
+    for key in ("chunk_rows", "block_rows"):
+        _expect(_is_count(layout.get(key)) and layout[key] > 0, path, f"layout.{key} must be a positive int")
+    _expect(layout["chunk_rows"] % layout["block_rows"] == 0, path, "block_rows must divide chunk_rows")
+    for role, spec in meta["roles"].items():
+        _check_name_in(role, "role", path)
+        _expect(isinstance(spec, dict), path, f"role {role!r} must be an object")
+        cols = spec.get("columns")
+        _expect(
+            isinstance(cols, list) and cols[:3] == list(ROW_COLUMNS) and all(isinstance(c, str) for c in cols),
+            path,
+            f"role {role!r} columns must start with {list(ROW_COLUMNS)}",
+        )
+        for c in cols:
+            _check_name_in(c, "column", path)
+        layers = spec.get("layers")
+        _expect(isinstance(layers, list), path, f"role {role!r} layers must be a list")
+        for entry in layers:
+            _check_width_entry(entry, path, f"role {role!r} layer")
+            _check_name_in(entry.get("layer"), "layer", path)
+    for name, spec in meta["conds"].items():
+        _check_name_in(name, "cond", path)
+        _check_width_entry(spec, path, f"cond {name!r}")
+    samples = meta.get("samples")
+    if samples is not None:
+        _expect(isinstance(samples, dict), path, "samples must be an object or null")
+        cols = samples.get("columns")
+        _expect(isinstance(cols, list) and cols[:1] == ["sample"], path, "samples.columns must start with 'sample'")
+        for c in cols:
+            _check_name_in(c, "column", path)
+        for key in ("prompt_len", "prompt_bytes"):
+            val = samples.get(key)
+            _expect(val is None or (_is_count(val) and val > 0), path, f"samples.{key} must be a positive int or null")
+        for key in ("prompt_ids", "instruction_mask", "prompt"):
+            _expect(isinstance(samples.get(key), bool), path, f"samples.{key} must be a bool")
+    commit = meta["commit"]
+    _expect(_is_count(commit.get("seq")), path, "commit.seq must be a non-negative int")
+    for key, names in (("roles", meta["roles"]), ("conds", meta["conds"])):
+        counts = commit.get(key)
+        _expect(isinstance(counts, dict), path, f"commit.{key} must be an object")
+        for name, n in counts.items():
+            _expect(name in names, path, f"commit.{key} names {name!r}, which the metadata does not declare")
+            _expect(_is_count(n), path, f"commit.{key}[{name!r}] must be a non-negative int")
+    _expect(_is_count(commit.get("samples")), path, "commit.samples must be a non-negative int")
+    _expect(commit.get("progress") is None or isinstance(commit["progress"], dict), path, "commit.progress")
+    return meta
+
+
+def _check_name_in(name: object, what: str, path: str) -> None:
+    try:
+        check_name(name, what)
+    except InvalidNameError as exc:
+        raise _fail(path, str(exc)) from None
+
+
+def _check_width_entry(entry: object, path: str, what: str) -> None:
+    _expect(isinstance(entry, dict), path, f"{what} must be an object")
+    assert isinstance(entry, dict)
+    _expect(_is_count(entry.get("d")) and entry["d"] > 0, path, f"{what} d must be a positive int")
+    _expect(entry.get("dtype") in DTYPES, path, f"{what} dtype must be one of {list(DTYPES)}")

@@ -1,0 +1,350 @@
+"""``ActStore``: the read side. Opens a store read-only, trusts only its commit record, hands out lazy views."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._backend import Backend, detect_backend, open_backend
+from ._blocks import ArrayReader, BlockCache
+from ._codec import BlockCodec
+from ._errors import CorruptStoreError, StoreIndexError, UnknownKeyError
+from ._format import (
+    DTYPES,
+    NO_STEP,
+    SAMPLE_KEYS,
+    acts_key,
+    cond_acts_key,
+    cond_rows_key,
+    from_storage,
+    rows_key,
+    validate_metadata,
+)
+from ._view import ActView
+
+__all__ = ["ActStore"]
+
+RowFilter = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class ActStore:
+    """A read-only view of a store. ``ActStore.open(path)``; index with ``store[layer, role]`` or
+    ``store[layer, role, step]``."""
+
+    def __init__(self, backend: Backend, *, cache_bytes: int) -> None:
+        self._be = backend
+        self.path = backend.path
+        self._cache = BlockCache(cache_bytes)
+        self._load()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, backend: str | None = None, cache_bytes: int = 256 << 20) -> ActStore:
+        """Open a store (Zarr directory or ``.h5`` file) read-only."""
+        kind = backend or detect_backend(path)
+        be = open_backend(path, kind, writable=False)
+        try:
+            return cls(be, cache_bytes=cache_bytes)
+        except BaseException:
+            be.close()
+            raise
+
+    def _load(self) -> None:
+        self.meta: dict[str, Any] = validate_metadata(self._be.read_meta(), self.path)
+        layout = self.meta["layout"]
+        self._chunk_rows = int(layout["chunk_rows"])
+        self._block_rows = int(layout["block_rows"])
+        self._row_cache: dict[str, dict[str, np.ndarray]] = {}
+        self._samples_cache: dict[str, Any] | None = None
+        self._readers: dict[str, ArrayReader] = {}
+        self._cache.clear()
+
+    def refresh(self) -> ActStore:
+        """Re-read the commit record to see rows committed since opening (a writer may still be appending)."""
+        self._load()
+        return self
+
+    def close(self) -> None:
+        self._be.close()
+
+    def __enter__(self) -> ActStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------- catalog
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The user attributes given to ``create`` (model, capture config, ...)."""
+        return self.meta["attrs"]
+
+    @property
+    def format_version(self) -> int:
+        return int(self.meta["format_version"])
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.meta["roles"])
+
+    @property
+    def layers(self) -> list[int | str]:
+        """Every layer of any role, in order."""
+        seen: dict[str, int | str] = {}
+        for spec in self.meta["roles"].values():
+            for e in spec["layers"]:
+                seen.setdefault(str(e["layer"]), e["layer"])
+        return sorted(seen.values(), key=lambda x: (1, str(x)) if isinstance(x, str) else (0, x))
+
+    @property
+    def conds(self) -> list[str]:
+        return list(self.meta["conds"])
+
+    @property
+    def steps(self) -> list[int]:
+        """Denoising steps present in any role (``NO_STEP`` rows excluded)."""
+        found: set[int] = set()
+        for role in self.roles:
+            found.update(self.steps_of(role))
+        return sorted(found)
+
+    def steps_of(self, role: str) -> list[int]:
+        steps = np.unique(self.rows(role)["step"])
+        return [int(s) for s in steps if s != NO_STEP]
+
+    def layers_of(self, role: str) -> list[int | str]:
+        return [e["layer"] for e in self._role(role)["layers"]]
+
+    def num_rows(self, role: str) -> int:
+        """Committed rows of a role."""
+        self._role(role)
+        return int(self.meta["commit"]["roles"].get(role, 0))
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.meta["commit"]["samples"])
+
+    @property
+    def commit(self) -> dict[str, Any]:
+        """The commit record: committed row counts per role / cond, samples, and the writer's progress."""
+        return self.meta["commit"]
+
+    def _role(self, role: str) -> dict[str, Any]:
+        spec = self.meta["roles"].get(role) if isinstance(role, str) else None
+        if spec is None:
+            raise UnknownKeyError(f"no role {role!r} in store {self.path}; roles are {self.roles}")
+        return spec
+
+    def _layer_entry(self, layer: int | str, role: str) -> dict[str, Any]:
+        spec = self._role(role)
+        for e in spec["layers"]:
+            if e["layer"] == layer or (str(e["layer"]) == str(layer) and not isinstance(layer, bool)):
+                return e
+        raise UnknownKeyError(
+            f"no layer {layer!r} for role {role!r} in store {self.path}; layers are {[e['layer'] for e in spec['layers']]}"
+        )
+
+    # ---------------------------------------------------------------------------------------- readers
+    def _reader(self, key: str, width: int, dtype: np.dtype, n_rows: int) -> ArrayReader:
+        r = self._readers.get(key)
+        if r is None:
+            codec = BlockCodec(self.meta["layout"]["codec"], dtype, checksum=self._be.checksums)
+            r = ArrayReader(self._be, key, width, dtype, codec, self._chunk_rows, self._block_rows, n_rows, self._cache)
+            self._readers[key] = r
+        return r
+
+    def _read_all(self, key: str, width: int, dtype: np.dtype, n_rows: int) -> np.ndarray:
+        return self._reader(key, width, dtype, n_rows).read_range(0, n_rows)
+
+    # ------------------------------------------------------------------------------------------ views
+    def __getitem__(self, key: tuple[Any, ...]) -> ActView:
+        if not isinstance(key, tuple) or len(key) not in (2, 3):
+            raise UnknownKeyError(
+                f"index a store with [layer, role] or [layer, role, step], got {key!r}; "
+                f"layers are {self.layers}, roles are {self.roles}"
+            )
+        view = self.view(key[0], key[1])
+        if len(key) == 3:
+            return self._filter_steps(view, key[2])
+        return view
+
+    def view(self, layer: int | str, role: str) -> ActView:
+        """All committed rows of ``layer`` for ``role`` (same as ``store[layer, role]``)."""
+        entry = self._layer_entry(layer, role)
+        dtype = DTYPES[entry["dtype"]][1]
+        reader = self._reader(acts_key(role, str(entry["layer"])), entry["d"], dtype, self.num_rows(role))
+        return ActView(self, entry["layer"], role, reader, entry["dtype"])
+
+    def _filter_steps(self, view: ActView, step: int | Iterable[int]) -> ActView:
+        steps = [step] if isinstance(step, (int, np.integer)) else list(step)
+        have = self.steps_of(view.role)
+        missing = [s for s in steps if int(s) not in have]
+        if missing:
+            raise UnknownKeyError(f"no step {missing[0]!r} for role {view.role!r} in store {self.path}; steps are {have}")
+        mask = np.isin(self.rows(view.role)["step"], np.asarray(steps, dtype=np.int64))
+        return view.filter(mask, f", step={step!r}")
+
+    def select(
+        self,
+        layer: int | str,
+        role: str,
+        *,
+        step: int | Iterable[int] | None = None,
+        sample: int | Iterable[int] | None = None,
+        where: RowFilter | np.ndarray | None = None,
+    ) -> ActView:
+        """A filtered view: rows whose step / sample is in the given values and for which ``where`` holds.
+
+        ``where`` is a boolean mask over the role's rows, or a callable taking the row table (dict of numpy
+        columns) and returning such a mask, e.g. ``where=lambda r: r["position"] < 4``.
+        """
+        view = self.view(layer, role)
+        table = self.rows(role)
+        mask = np.ones(len(view), dtype=bool)
+        label = ""
+        if step is not None:
+            steps = [step] if isinstance(step, (int, np.integer)) else list(step)
+            mask &= np.isin(table["step"], np.asarray(steps, dtype=np.int64))
+            label += f", step={step!r}"
+        if sample is not None:
+            samples = [sample] if isinstance(sample, (int, np.integer)) else list(sample)
+            mask &= np.isin(table["sample"], np.asarray(samples, dtype=np.int64))
+            label += f", sample={sample!r}"
+        if where is not None:
+            extra = where(table) if callable(where) else where
+            extra = np.asarray(extra)
+            if extra.dtype != bool or extra.shape != mask.shape:
+                raise StoreIndexError(f"where must give a boolean mask of shape {mask.shape}, got {extra.dtype} {extra.shape}")
+            mask &= extra
+            label += ", where=..."
+        return view.filter(mask, label)
+
+    # ------------------------------------------------------------------------------------------ tables
+    def rows(self, role: str) -> dict[str, np.ndarray]:
+        """The role's row table: ``sample``, ``step``, ``position`` and any extra columns, as int64 numpy."""
+        cached = self._row_cache.get(role)
+        if cached is None:
+            spec = self._role(role)
+            cols = spec["columns"]
+            mat = self._read_all(rows_key(role), len(cols), np.dtype("<i8"), self.num_rows(role))
+            cached = {c: np.ascontiguousarray(mat[:, j]) for j, c in enumerate(cols)}
+            self._row_cache[role] = cached
+        return cached
+
+    def _cond_spec(self, name: str) -> dict[str, Any]:
+        spec = self.meta["conds"].get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise UnknownKeyError(f"no conditioning {name!r} in store {self.path}; conds are {self.conds}")
+        return spec
+
+    def cond_rows(self, name: str) -> dict[str, np.ndarray]:
+        """The (sample, step) of every stored conditioning vector."""
+        self._cond_spec(name)
+        n = int(self.meta["commit"]["conds"].get(name, 0))
+        mat = self._read_all(cond_rows_key(name), 2, np.dtype("<i8"), n)
+        return {"sample": np.ascontiguousarray(mat[:, 0]), "step": np.ascontiguousarray(mat[:, 1])}
+
+    def cond(self, name: str, role: str | None = None, rows: np.ndarray | None = None) -> torch.Tensor:
+        """Conditioning vectors; with ``role``: aligned row for row with ``store[layer, role]`` (joined on
+        sample and step), optionally only for the role rows ``rows`` (e.g. ``view.row_index``)."""
+        spec = self._cond_spec(name)
+        n = int(self.meta["commit"]["conds"].get(name, 0))
+        dtype = DTYPES[spec["dtype"]][1]
+        values = self._read_all(cond_acts_key(name), spec["d"], dtype, n)
+        if role is None:
+            return from_storage(values, spec["dtype"])
+        table = self.rows(role)
+        r_sample, r_step = table["sample"], table["step"]
+        if rows is not None:
+            r_sample, r_step = r_sample[rows], r_step[rows]
+        index = self._join(self.cond_rows(name), r_sample, r_step, name, role)
+        return from_storage(np.ascontiguousarray(values[index]), spec["dtype"])
+
+    def _join(self, crow: dict[str, np.ndarray], sample: np.ndarray, step: np.ndarray, name: str, role: str) -> np.ndarray:
+        keys = np.stack([crow["sample"], crow["step"]], axis=1)
+        order = np.lexsort((keys[:, 1], keys[:, 0]))
+        sk = keys[order]
+        if len(sk) > 1 and np.any(np.all(sk[1:] == sk[:-1], axis=1)):
+            raise CorruptStoreError(f"conditioning {name!r} in {self.path} holds a (sample, step) twice")
+        # encode (sample, step) pairs into one sortable structured view
+        pair = np.dtype([("s", "<i8"), ("t", "<i8")])
+        hay = np.ascontiguousarray(sk).view(pair).reshape(-1)
+        needle = np.ascontiguousarray(np.stack([sample, step], axis=1)).view(pair).reshape(-1)
+        pos = np.searchsorted(hay, needle)
+        pos_c = np.minimum(pos, max(len(hay) - 1, 0))
+        ok = (pos < len(hay)) & (hay[pos_c] == needle) if len(hay) else np.zeros(len(needle), dtype=bool)
+        if not np.all(ok):
+            j = int(np.argmin(ok))
+            raise UnknownKeyError(
+                f"row {j} of role {role!r} (sample {int(sample[j])}, step {int(step[j])}) has no {name!r} "
+                f"conditioning in {self.path}; conditioning exists only per (sample, denoising step)"
+            )
+        return order[pos_c]
+
+    # ----------------------------------------------------------------------------------------- samples
+    def samples(self) -> dict[str, Any]:
+        """The per-sample table: ``sample`` and extra int columns, plus ``prompt`` (list of str),
+        ``prompt_ids`` and ``instruction_mask`` (bool) where stored."""
+        if self._samples_cache is not None:
+            return self._samples_cache
+        spec = self.meta["samples"]
+        out: dict[str, Any] = {}
+        n = self.num_samples
+        if spec is None:
+            self._samples_cache = {"sample": np.zeros(0, dtype=np.int64)}
+            return self._samples_cache
+        table = self._read_all(SAMPLE_KEYS["table"], len(spec["columns"]), np.dtype("<i8"), n)
+        for j, c in enumerate(spec["columns"]):
+            out[c] = np.ascontiguousarray(table[:, j])
+        if spec["instruction_mask"]:
+            m = self._read_all(SAMPLE_KEYS["instruction_mask"], spec["prompt_len"], np.dtype("u1"), n)
+            out["instruction_mask"] = m.astype(bool)
+        if spec["prompt_ids"]:
+            out["prompt_ids"] = self._read_all(SAMPLE_KEYS["prompt_ids"], spec["prompt_len"], np.dtype("<i8"), n)
+        if spec["prompt"]:
+            raw = self._read_all(SAMPLE_KEYS["prompt"], spec["prompt_bytes"], np.dtype("u1"), n)
+            out["prompt"] = [bytes(r).rstrip(b"\0").decode("utf-8", errors="replace") for r in raw]
+        self._samples_cache = out
+        return out
+
+    def _sample_pos(self, sample: int) -> int:
+        ids = self.samples()["sample"]
+        hits = np.nonzero(ids == int(sample))[0]
+        if hits.size == 0:
+            shown = ids[:10].tolist()
+            raise UnknownKeyError(
+                f"no sample {sample!r} in store {self.path}; it holds {ids.size} samples, e.g. {shown}"
+            )
+        return int(hits[0])
+
+    def instruction_mask(self, sample: int) -> np.ndarray:
+        """That sample's prompt mask (True = real prompt token), over the stored prompt length."""
+        table = self.samples()
+        if "instruction_mask" not in table:
+            raise UnknownKeyError(f"store {self.path} holds no instruction mask; samples have {sorted(table)}")
+        return table["instruction_mask"][self._sample_pos(sample)]
+
+    def prompt(self, sample: int) -> str:
+        table = self.samples()
+        if "prompt" not in table:
+            raise UnknownKeyError(f"store {self.path} holds no prompt text; samples have {sorted(table)}")
+        return table["prompt"][self._sample_pos(sample)]
+
+    def instructions(self, layer: int | str, sample: int, role: str = "instruction") -> torch.Tensor:
+        """That sample's instruction-token rows at ``layer``, ordered by prompt position."""
+        self._sample_pos(sample)
+        table = self.rows(role)
+        idx = np.nonzero(table["sample"] == int(sample))[0]
+        idx = idx[np.argsort(table["position"][idx], kind="stable")]
+        return self.view(layer, role).filter(idx)[:]
+
+    # ------------------------------------------------------------------------------------------ summary
+    def stored_bytes(self) -> int:
+        return self._be.stored_bytes()
+
+    def __repr__(self) -> str:
+        roles = ", ".join(f"{r}: {self.num_rows(r)} rows" for r in self.roles)
+        return f"ActStore({self.path!r}, layers={self.layers}, roles={{{roles}}}, samples={self.num_samples})"

@@ -1,0 +1,121 @@
+"""Per-array append state inside the writer thread: the partial chunk being filled and its encoded blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._codec import BlockCodec
+
+
+@dataclass
+class ChunkJob:
+    """One whole or partial chunk handed to the encode/write pool."""
+
+    key: str
+    chunk: int
+    buf: np.ndarray
+    """(chunk_rows, width) storage rows; rows >= ``fill`` are ignored."""
+    fill: int
+    cached: list[bytes | None]
+    """Encoded blocks known to be final (from an earlier partial flush of the same chunk)."""
+    final: bool
+    """True when the chunk is full and the buffer is no longer needed afterwards."""
+
+
+@dataclass
+class Table:
+    """One array (acts, row table, cond or sample column) as the writer thread appends to it."""
+
+    key: str
+    width: int
+    dtype: np.dtype
+    codec: BlockCodec
+    chunk_rows: int
+    block_rows: int
+    n_rows: int = 0
+    """Rows appended so far (all of them, committed or not)."""
+    buf: np.ndarray | None = None
+    encoded: list[bytes | None] = field(default_factory=list)
+    """Encoded blocks of the current chunk that are full and were already encoded (reused by later flushes)."""
+    flushed_fill: int = 0
+    """``fill`` at the last partial flush of the current chunk (nothing to flush while unchanged)."""
+    free: list[np.ndarray] = field(default_factory=list)
+    """Chunk buffers whose jobs finished, reused to avoid page-faulting fresh memory for every chunk."""
+
+    @property
+    def n_blocks(self) -> int:
+        return self.chunk_rows // self.block_rows
+
+    @property
+    def fill(self) -> int:
+        return self.n_rows % self.chunk_rows
+
+    def _new_buffer(self) -> np.ndarray:
+        try:
+            return self.free.pop()
+        except IndexError:
+            return np.empty((self.chunk_rows, self.width), dtype=self.dtype)
+
+    def recycle(self, job: ChunkJob) -> None:
+        """Called when a final job is done with its buffer."""
+        if job.final and len(self.free) < 2:
+            self.free.append(job.buf)
+
+    def add(self, rows: np.ndarray) -> list[ChunkJob]:
+        """Copy ``rows`` in; return the jobs for chunks that became full."""
+        jobs: list[ChunkJob] = []
+        start = 0
+        n = rows.shape[0]
+        while start < n:
+            if self.buf is None:
+                self.buf = self._new_buffer()
+                self.encoded = [None] * self.n_blocks
+                self.flushed_fill = 0
+            fill = self.fill
+            take = min(n - start, self.chunk_rows - fill)
+            self.buf[fill : fill + take] = rows[start : start + take]
+            self.n_rows += take
+            start += take
+            if self.fill == 0:  # the chunk just filled up
+                chunk = self.n_rows // self.chunk_rows - 1
+                jobs.append(ChunkJob(self.key, chunk, self.buf, self.chunk_rows, self.encoded, final=True))
+                self.buf = None
+                self.encoded = []
+        return jobs
+
+    def partial_job(self) -> ChunkJob | None:
+        """A job that writes the partly filled current chunk, or None when there is nothing new."""
+        fill = self.fill
+        if self.buf is None or fill == 0 or fill == self.flushed_fill:
+            return None
+        self.flushed_fill = fill
+        chunk = self.n_rows // self.chunk_rows
+        return ChunkJob(self.key, chunk, self.buf, fill, self.encoded, final=False)
+
+    def load_partial(self, rows: np.ndarray) -> None:
+        """On resume: the committed rows of the last, partly filled chunk."""
+        self.buf = self._new_buffer()
+        self.encoded = [None] * self.n_blocks
+        self.buf[: rows.shape[0]] = rows
+        self.flushed_fill = rows.shape[0]
+
+
+def encode_block(job: ChunkJob, codec: BlockCodec, block: int, block_rows: int) -> bytes | None:
+    """Encode block ``block`` of a job; a partly filled block is zero-padded; an empty one is absent."""
+    lo = block * block_rows
+    if lo >= job.fill:
+        return None
+    cached = job.cached[block] if block < len(job.cached) else None
+    if cached is not None:
+        return cached
+    hi = lo + block_rows
+    if hi <= job.fill:
+        blob = codec.encode(job.buf[lo:hi])
+        if job.cached:
+            job.cached[block] = blob  # a full block never changes again
+        return blob
+    padded = np.zeros((block_rows, job.buf.shape[1]), dtype=job.buf.dtype)
+    padded[: job.fill - lo] = job.buf[lo : job.fill]
+    return codec.encode(padded)

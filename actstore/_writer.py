@@ -1,0 +1,599 @@
+"""``StoreWriter``: appends from the caller's thread, compresses and writes on a background thread.
+
+Commit semantics: data becomes visible to readers (and to a resumed writer) only through the commit record in
+the root metadata. A commit is written at a *mark* (every append when ``autocommit``, else every ``commit()``),
+at most every ``commit_interval_s``, after every chunk holding the marked rows is on disk; a partly filled chunk
+is written whole (rewritten later as it grows, each time atomically). A crash therefore leaves the last commit
+intact; rows after it are ignored and overwritten on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from ._backend import Backend, create_backend, detect_backend, open_backend
+from ._codec import BlockCodec
+from ._config import StoreConfig
+from ._errors import ActStoreError, SchemaMismatchError, WriterClosedError, WriterFailedError
+from ._format import (
+    DTYPES,
+    SAMPLE_KEYS,
+    acts_key,
+    check_name,
+    cond_acts_key,
+    cond_rows_key,
+    new_metadata,
+    now_iso,
+    rows_key,
+    validate_metadata,
+)
+from ._schema import COND_REQUIRED, ROLE_REQUIRED, as_index_column, check_acts, row_matrix
+from ._tables import ChunkJob, Table, encode_block
+
+__all__ = ["StoreWriter", "create"]
+
+Done = Callable[[], None] | None
+
+
+class _ByteQueue:
+    """A FIFO bounded by the bytes it holds (one oversized item is always admitted)."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._used = 0
+        self._items: deque[tuple[Any, int]] = deque()
+        self._cv = threading.Condition()
+
+    def put(self, item: Any, nbytes: int, failed: Callable[[], BaseException | None]) -> None:
+        with self._cv:
+            while self._used and self._used + nbytes > self._cap:
+                if failed() is not None:
+                    return
+                self._cv.wait(0.1)
+            self._items.append((item, nbytes))
+            self._used += nbytes
+            self._cv.notify_all()
+
+    def get(self, timeout: float | None) -> tuple[Any, int] | None:
+        with self._cv:
+            if not self._items:
+                self._cv.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def release(self, nbytes: int) -> None:
+        with self._cv:
+            self._used -= nbytes
+            self._cv.notify_all()
+
+
+def create(
+    path: str | os.PathLike[str],
+    attrs: Mapping[str, Any] | None = None,
+    *,
+    config: StoreConfig | None = None,
+    backend: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> StoreWriter:
+    """Open a writer on a new store, or (``resume=True``) append after an existing store's committed rows.
+
+    ``backend`` is ``"zarr"`` or ``"hdf5"`` (default: from the suffix, ``.h5`` means HDF5). Keyword ``overrides``
+    replace fields of ``config`` (``codec="zstd"``, ``chunk_rows=8192``, ...).
+    """
+    cfg = dataclasses.replace(config or StoreConfig(), **overrides) if overrides else (config or StoreConfig())
+    kind = backend or detect_backend(path)
+    if kind not in ("zarr", "hdf5"):
+        raise SchemaMismatchError(f"unknown backend {kind!r}; valid backends are ['zarr', 'hdf5']")
+    attrs = dict(attrs or {})
+    try:
+        json.dumps(attrs)
+    except (TypeError, ValueError) as exc:
+        raise SchemaMismatchError(f"attrs must be JSON-serialisable: {exc}") from None
+    if resume and os.path.exists(path):
+        be = open_backend(path, kind, writable=True)
+        try:
+            be.lock()
+            meta = validate_metadata(be.read_meta(), str(path))
+        except BaseException:
+            be.close()
+            raise
+        if attrs:
+            meta["attrs"] = {**meta["attrs"], **attrs}
+        return StoreWriter(be, meta, cfg, resumed=True)
+    be = create_backend(path, kind, overwrite=overwrite)
+    try:
+        be.lock()
+        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.block_rows}
+        meta = new_metadata(attrs, layout, f"actstore {__version__}")
+        be.write_meta(meta, durable=cfg.durable)
+    except BaseException:
+        be.close()
+        raise
+    return StoreWriter(be, meta, cfg, resumed=False)
+
+
+class StoreWriter:
+    """Appends activations, row tables, conditioning and per-sample tables to one store.
+
+    Use :func:`create` to get one. Appends return as soon as the data is queued (the caller must not modify the
+    arrays afterwards; pass ``done`` to learn when the writer no longer needs them). A failure on the background
+    thread is re-raised, as :class:`WriterFailedError`, by the next call or by ``close()``.
+    """
+
+    def __init__(self, backend: Backend, meta: dict[str, Any], config: StoreConfig, *, resumed: bool) -> None:
+        self.path = backend.path
+        self.config = config
+        self._be = backend
+        self._meta = meta
+        layout = meta["layout"]
+        self._chunk_rows = int(layout["chunk_rows"])
+        self._block_rows = int(layout["block_rows"])
+        self._codec_name = str(layout["codec"])
+        if resumed and (self._codec_name, self._chunk_rows, self._block_rows) != (
+            config.codec,
+            config.chunk_rows,
+            config.block_rows,
+        ) and config != StoreConfig():
+            warnings.warn(
+                f"resuming {self.path}: keeping its layout {layout}, not the requested codec/chunking",
+                stacklevel=3,
+            )
+        commit = meta["commit"]
+        # producer-side view of what is appended (validated synchronously)
+        self._counts: dict[str, int] = {f"role:{r}": int(commit["roles"].get(r, 0)) for r in meta["roles"]}
+        self._counts.update({f"cond:{c}": int(commit["conds"].get(c, 0)) for c in meta["conds"]})
+        self._counts["samples"] = int(commit["samples"])
+        self._progress: dict[str, Any] | None = commit.get("progress")
+        self.committed_progress: dict[str, Any] | None = commit.get("progress")
+        """The ``progress`` of the last commit when the store was opened (resume from there)."""
+        self._sample_ids: set[int] = set()
+        # writer-thread state
+        self._tables: dict[str, Table] = {}
+        self._pool = ThreadPoolExecutor(max_workers=config.threads or os.cpu_count() or 2, thread_name_prefix="actstore-enc")
+        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="actstore-io")
+        self._inflight: deque[Future[None]] = deque()
+        self._pending_mark: dict[str, Any] | None = None
+        self._last_commit = time.monotonic()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._queue = _ByteQueue(config.queue_bytes)
+        if resumed:
+            self._load_resume_state()
+        self._thread = threading.Thread(target=self._run, name="actstore-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------------ public API
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(commit_pending=exc_type is None or self.config.autocommit)
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self._meta["roles"])
+
+    def append(self, role: str, rows: Mapping[str, Any], acts: Mapping[Any, Any], *, done: Done = None) -> None:
+        """Append ``N`` rows of one role: its row table and the activations of all its layers at once."""
+        self._check_open()
+        check_name(role, "role")
+        if not isinstance(acts, Mapping) or not acts:
+            raise SchemaMismatchError(f"acts of role {role!r} must be a non-empty mapping of layer to (N, d) tensor")
+        spec = self._meta["roles"].get(role)
+        layer_names = {check_name(layer, "layer"): layer for layer in acts}
+        if spec is not None:
+            known = {str(e["layer"]): e for e in spec["layers"]}
+            if set(layer_names) != set(known):
+                raise SchemaMismatchError(
+                    f"role {role!r} holds layers {sorted(known, key=_natural)}; an append must give exactly those, "
+                    f"got {sorted(layer_names, key=_natural)}"
+                )
+        arrays: list[tuple[str, np.ndarray]] = []
+        n: int | None = None
+        new_layers = []
+        for text, layer in layer_names.items():
+            entry = None if spec is None else next(e for e in spec["layers"] if str(e["layer"]) == text)
+            arr, dtype = check_acts(
+                acts[layer],
+                f"layer {layer!r} of role {role!r}",
+                None if entry is None else entry["d"],
+                None if entry is None else entry["dtype"],
+            )
+            if n is None:
+                n = arr.shape[0]
+            elif arr.shape[0] != n:
+                raise SchemaMismatchError(f"layers of role {role!r} disagree on the row count: {arr.shape[0]} vs {n}")
+            arrays.append((acts_key(role, text), arr))
+            new_layers.append({"layer": layer, "d": int(arr.shape[1]), "dtype": dtype})
+        assert n is not None
+        mat, columns = row_matrix(rows, n, None if spec is None else spec["columns"], ROLE_REQUIRED, f"role {role!r}")
+        if spec is None:
+            new_layers.sort(key=lambda e: _natural(str(e["layer"])))
+            self._declare("role", role, {"columns": columns, "layers": new_layers})
+        self._put(("append", [(rows_key(role), mat), *arrays], done), f"role:{role}", n)
+
+    def append_cond(self, name: str, rows: Mapping[str, Any], acts: Any, *, done: Done = None) -> None:
+        """Append conditioning vectors (e.g. ``adarms``), one row per (sample, step)."""
+        self._check_open()
+        check_name(name, "cond")
+        spec = self._meta["conds"].get(name)
+        arr, dtype = check_acts(
+            acts, f"cond {name!r}", None if spec is None else spec["d"], None if spec is None else spec["dtype"]
+        )
+        mat, _ = row_matrix(rows, arr.shape[0], list(COND_REQUIRED), COND_REQUIRED, f"cond {name!r}")
+        if spec is None:
+            self._declare("cond", name, {"d": int(arr.shape[1]), "dtype": dtype})
+        self._put(("append", [(cond_rows_key(name), mat), (cond_acts_key(name), arr)], done), f"cond:{name}", arr.shape[0])
+
+    def append_samples(
+        self,
+        sample: Any,
+        *,
+        prompt: list[str] | None = None,
+        prompt_ids: Any = None,
+        instruction_mask: Any = None,
+        **extra: Any,
+    ) -> None:
+        """Append per-sample context: ids (unique), prompt text and/or token ids, the instruction mask, int columns."""
+        self._check_open()
+        ids = as_index_column(sample, "sample", None)
+        n = ids.shape[0]
+        spec = self._meta["samples"]
+        table, columns = row_matrix({"sample": ids, **extra}, n, None if spec is None else spec["columns"], ("sample",), "samples")
+        dup = [int(s) for s in ids if int(s) in self._sample_ids]
+        if dup or len(set(ids.tolist())) != n:
+            raise SchemaMismatchError(f"sample ids must be unique; already stored or repeated: {sorted(set(dup))[:10]}")
+        given = {"prompt": prompt is not None, "prompt_ids": prompt_ids is not None, "instruction_mask": instruction_mask is not None}
+        if spec is not None:
+            for key, present in given.items():
+                if present != spec[key]:
+                    raise SchemaMismatchError(
+                        f"the samples table {'has' if spec[key] else 'has no'} {key!r}; every append_samples call "
+                        f"must {'pass' if spec[key] else 'omit'} it"
+                    )
+        prompt_len = None if spec is None else spec["prompt_len"]
+        arrays: list[tuple[str, np.ndarray]] = [(SAMPLE_KEYS["table"], table)]
+        for key in ("instruction_mask", "prompt_ids"):
+            value = instruction_mask if key == "instruction_mask" else prompt_ids
+            if value is None:
+                continue
+            mat = _as_int_matrix(value, key, n, np.uint8 if key == "instruction_mask" else np.int64)
+            if prompt_len is None:
+                prompt_len = mat.shape[1]
+            mat = _pad_to(mat, prompt_len, key)
+            arrays.append((SAMPLE_KEYS[key], mat))
+        prompt_bytes = None if spec is None else spec["prompt_bytes"]
+        if prompt is not None:
+            if isinstance(prompt, str) or len(prompt) != n:
+                raise SchemaMismatchError(f"prompt must be a list of {n} strings, one per sample")
+            prompt_bytes = prompt_bytes or self.config.max_prompt_bytes
+            arrays.append((SAMPLE_KEYS["prompt"], _encode_prompts(prompt, prompt_bytes)))
+        if spec is None:
+            self._declare(
+                "samples",
+                "samples",
+                {"columns": columns, "prompt_len": prompt_len, "prompt_bytes": prompt_bytes, **given},
+            )
+        self._sample_ids.update(int(s) for s in ids)
+        self._put(("append", arrays, None), "samples", n)
+
+    def commit(self, progress: Mapping[str, Any] | None = None) -> None:
+        """Mark a consistent point; everything appended so far becomes visible together (within the interval)."""
+        self._check_open()
+        if progress is not None:
+            try:
+                json.dumps(dict(progress))
+            except (TypeError, ValueError) as exc:
+                raise SchemaMismatchError(f"progress must be JSON-serialisable: {exc}") from None
+            self._progress = dict(progress)
+        self._queue.put(("mark", self._snapshot(), None), 0, self._failed)
+
+    def flush(self) -> None:
+        """Commit everything appended so far now and wait until it is on disk."""
+        self._check_open()
+        event = threading.Event()
+        self._queue.put(("flush", self._snapshot(), event), 0, self._failed)
+        while not event.wait(0.1):
+            if not self._thread.is_alive():
+                break
+        self._raise_if_failed()
+
+    def close(self, *, commit_pending: bool = True) -> None:
+        """Flush the last partial chunks, write the final commit and release the store. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        final = self._snapshot() if commit_pending else None
+        self._queue.put(("close", final, None), 0, lambda: None)
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+        self._io.shutdown(wait=True)
+        self._be.close()
+        self._raise_if_failed()
+
+    # ----------------------------------------------------------------------------------- producer helpers
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WriterClosedError(f"the writer of {self.path} is closed")
+        self._raise_if_failed()
+
+    def _failed(self) -> BaseException | None:
+        return self._error
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise WriterFailedError(f"the background writer of {self.path} failed: {self._error!r}") from self._error
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "roles": {k[5:]: v for k, v in self._counts.items() if k.startswith("role:")},
+            "conds": {k[5:]: v for k, v in self._counts.items() if k.startswith("cond:")},
+            "samples": self._counts["samples"],
+            "progress": self._progress,
+        }
+
+    def _declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        self._queue.put(("declare", (kind, name, spec), None), 0, self._failed)
+        if kind == "role":
+            self._meta["roles"][name] = spec
+        elif kind == "cond":
+            self._meta["conds"][name] = spec
+        else:
+            self._meta["samples"] = spec
+        self._counts.setdefault("samples" if kind == "samples" else f"{kind}:{name}", 0)
+
+    def _put(self, item: tuple[str, Any, Any], group: str, n: int) -> None:
+        nbytes = sum(a.nbytes for _, a in item[1])
+        self._queue.put(item, nbytes, self._failed)
+        self._raise_if_failed()
+        self._counts[group] += n
+        if self.config.autocommit:
+            self._queue.put(("mark", self._snapshot(), None), 0, self._failed)
+
+    # ------------------------------------------------------------------------------- writer-thread side
+    def _run(self) -> None:
+        while True:
+            wait = None
+            if self._pending_mark is not None:
+                wait = max(0.0, self.config.commit_interval_s - (time.monotonic() - self._last_commit))
+            got = self._queue.get(wait)
+            if got is None:
+                self._guard(self._commit_pending)
+                continue
+            (kind, payload, extra), nbytes = got
+            if self._error is not None:
+                self._queue.release(nbytes)
+                if kind == "close":
+                    return
+                if kind == "flush":
+                    extra.set()
+                continue
+            if kind == "append":
+                self._guard(self._do_append, payload, extra)
+            elif kind == "declare":
+                self._guard(self._do_declare, *payload)
+            elif kind == "mark":
+                self._pending_mark = payload
+                if time.monotonic() - self._last_commit >= self.config.commit_interval_s:
+                    self._guard(self._commit_pending)
+            elif kind == "flush":
+                self._pending_mark = payload
+                self._guard(self._commit_pending)
+                extra.set()
+            elif kind == "close":
+                if payload is not None:
+                    self._pending_mark = payload
+                self._guard(self._commit_pending)
+                self._guard(self._drain)
+                return
+            self._queue.release(nbytes)
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._error is not None:
+            return
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - kept and re-raised on the caller's thread
+            self._error = exc
+
+    def _do_declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        if kind == "role":
+            self._add_table(rows_key(name), len(spec["columns"]), np.dtype("<i8"))
+            for e in spec["layers"]:
+                self._add_table(acts_key(name, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1])
+        elif kind == "cond":
+            self._add_table(cond_rows_key(name), 2, np.dtype("<i8"))
+            self._add_table(cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1])
+        else:
+            self._add_table(SAMPLE_KEYS["table"], len(spec["columns"]), np.dtype("<i8"))
+            if spec["instruction_mask"]:
+                self._add_table(SAMPLE_KEYS["instruction_mask"], spec["prompt_len"], np.dtype("u1"))
+            if spec["prompt_ids"]:
+                self._add_table(SAMPLE_KEYS["prompt_ids"], spec["prompt_len"], np.dtype("<i8"))
+            if spec["prompt"]:
+                self._add_table(SAMPLE_KEYS["prompt"], spec["prompt_bytes"], np.dtype("u1"))
+
+    def _table(self, key: str, width: int, dtype: np.dtype) -> Table:
+        codec = BlockCodec(self._codec_name, dtype, checksum=self._be.checksums)
+        return Table(key, width, np.dtype(dtype), codec, self._chunk_rows, self._block_rows)
+
+    def _add_table(self, key: str, width: int, dtype: np.dtype) -> None:
+        table = self._table(key, width, dtype)
+        self._be.create_array(key, width, table.dtype, table.codec, self._chunk_rows, self._block_rows)
+        self._tables[key] = table
+
+    def _do_append(self, arrays: list[tuple[str, np.ndarray]], done: Done) -> None:
+        jobs: list[ChunkJob] = []
+        for key, arr in arrays:
+            jobs.extend(self._tables[key].add(arr))
+        if done is not None:
+            done()
+        for job in jobs:
+            self._submit(job)
+
+    def _submit(self, job: ChunkJob) -> None:
+        table = self._tables[job.key]
+        blocks = [
+            self._pool.submit(encode_block, job, table.codec, b, self._block_rows) for b in range(table.n_blocks)
+        ]
+        durable = self.config.durable
+
+        def write() -> None:
+            encoded = [f.result() for f in blocks]
+            self._be.write_chunk(job.key, job.chunk, encoded, durable=durable)
+            table.recycle(job)
+
+        self._inflight.append(self._io.submit(write))
+        limit = 2 * (self._pool._max_workers + 2)  # bounded memory: wait for the oldest chunk
+        while len(self._inflight) > limit:
+            self._inflight.popleft().result()
+        while self._inflight and self._inflight[0].done():
+            self._inflight.popleft().result()
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._inflight.popleft().result()
+
+    def _commit_pending(self) -> None:
+        mark = self._pending_mark
+        if mark is None:
+            return
+        for table in self._tables.values():
+            job = table.partial_job()
+            if job is not None:
+                self._submit(job)
+        self._drain()
+        for role, spec in self._meta["roles"].items():
+            n = mark["roles"].get(role, 0)
+            self._be.set_rows(rows_key(role), n)
+            for e in spec["layers"]:
+                self._be.set_rows(acts_key(role, str(e["layer"])), n)
+        for name in self._meta["conds"]:
+            n = mark["conds"].get(name, 0)
+            self._be.set_rows(cond_rows_key(name), n)
+            self._be.set_rows(cond_acts_key(name), n)
+        for key in SAMPLE_KEYS.values():
+            if key in self._tables:
+                self._be.set_rows(key, mark["samples"])
+        if self.config.durable:
+            self._be.sync()
+        commit = self._meta["commit"]
+        self._meta["commit"] = {
+            "seq": int(commit["seq"]) + 1,
+            "time": now_iso(),
+            "roles": dict(mark["roles"]),
+            "conds": dict(mark["conds"]),
+            "samples": int(mark["samples"]),
+            "progress": mark["progress"],
+        }
+        self._be.write_meta(self._meta, durable=self.config.durable)
+        self._pending_mark = None
+        self._last_commit = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------- resume
+    def _load_resume_state(self) -> None:
+        commit = self._meta["commit"]
+        groups: list[tuple[list[tuple[str, int, np.dtype]], int]] = []
+        for role, spec in self._meta["roles"].items():
+            tabs = [(rows_key(role), len(spec["columns"]), np.dtype("<i8"))]
+            tabs += [(acts_key(role, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1]) for e in spec["layers"]]
+            groups.append((tabs, int(commit["roles"].get(role, 0))))
+        for name, spec in self._meta["conds"].items():
+            tabs = [(cond_rows_key(name), 2, np.dtype("<i8")), (cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1])]
+            groups.append((tabs, int(commit["conds"].get(name, 0))))
+        samples = self._meta["samples"]
+        if samples is not None:
+            tabs = [(SAMPLE_KEYS["table"], len(samples["columns"]), np.dtype("<i8"))]
+            if samples["instruction_mask"]:
+                tabs.append((SAMPLE_KEYS["instruction_mask"], samples["prompt_len"], np.dtype("u1")))
+            if samples["prompt_ids"]:
+                tabs.append((SAMPLE_KEYS["prompt_ids"], samples["prompt_len"], np.dtype("<i8")))
+            if samples["prompt"]:
+                tabs.append((SAMPLE_KEYS["prompt"], samples["prompt_bytes"], np.dtype("u1")))
+            groups.append((tabs, int(commit["samples"])))
+        for tabs, n in groups:
+            for key, width, dtype in tabs:
+                table = self._table(key, width, dtype)
+                table.n_rows = n
+                fill = n % self._chunk_rows
+                if fill:
+                    table.load_partial(self._read_rows(table, n - fill, fill))
+                self._tables[key] = table
+        if samples is not None and commit["samples"]:
+            ids = self._read_rows(self._tables[SAMPLE_KEYS["table"]], 0, int(commit["samples"]))[:, 0]
+            self._sample_ids.update(int(s) for s in ids)
+
+    def _read_rows(self, table: Table, start: int, count: int) -> np.ndarray:
+        out = np.empty((count, table.width), dtype=table.dtype)
+        block = np.empty((self._block_rows, table.width), dtype=table.dtype)
+        per_chunk = table.n_blocks
+        for b in range(start // self._block_rows, -(-(start + count) // self._block_rows)):
+            blob = self._be.read_block(table.key, b, per_chunk)
+            if blob is None:
+                block[:] = 0
+            else:
+                table.codec.decode(blob, block, where=f"block {b} of {table.key}")
+            lo = max(start, b * self._block_rows)
+            hi = min(start + count, (b + 1) * self._block_rows)
+            out[lo - start : hi - start] = block[lo - b * self._block_rows : hi - b * self._block_rows]
+        return out
+
+
+def _natural(text: str) -> tuple[int, int | str]:
+    return (0, int(text)) if text.isdigit() else (1, text)
+
+
+def _as_int_matrix(value: Any, what: str, n: int, dtype: type) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise SchemaMismatchError(f"{what} must have shape ({n}, L), got {arr.shape}")
+    if arr.dtype.kind not in "iub":
+        raise SchemaMismatchError(f"{what} must hold integers or bools, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _pad_to(mat: np.ndarray, width: int, what: str) -> np.ndarray:
+    if mat.shape[1] > width:
+        raise SchemaMismatchError(
+            f"{what} is {mat.shape[1]} tokens wide but the store holds {width}; pad every batch to the same "
+            "maximum prompt length (the first append fixes it)"
+        )
+    if mat.shape[1] == width:
+        return mat
+    out = np.zeros((mat.shape[0], width), dtype=mat.dtype)
+    out[:, : mat.shape[1]] = mat
+    return out
+
+
+def _encode_prompts(prompts: list[str], width: int) -> np.ndarray:
+    out = np.zeros((len(prompts), width), dtype=np.uint8)
+    for i, text in enumerate(prompts):
+        if not isinstance(text, str):
+            raise SchemaMismatchError(f"prompt {i} must be a str, got {type(text).__name__}")
+        raw = text.encode("utf-8")
+        if len(raw) > width or b"\0" in raw:
+            raise SchemaMismatchError(
+                f"prompt {i} is {len(raw)} UTF-8 bytes{' with a NUL' if b'{0}' in raw else ''}; "
+                f"the store holds prompts of at most {width} bytes without NUL (StoreConfig.max_prompt_bytes)"
+            )
+        out[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+_ = ActStoreError, queue  # re-exported names used in type positions only

@@ -1,0 +1,29 @@
+"""Errors raised by the capture package.
+
+Each error derives from the store's root error (``actstore.ActStoreError``) and from the builtin a caller would
+catch, so ``except ValueError`` and ``except ActStoreError`` both work.
+"""
+
+from __future__ import annotations
+
+try:  # the store package defines the root error; fall back while it is being written
+    from actstore import ActStoreError
+except ImportError:  # pragma: no cover - only while actstore is incomplete
+
+    class ActStoreError(Exception):  # type: ignore[no-redef]
+        """Root of every actstore / capture error."""
+
+
+__all__ = ["ActStoreError", "CaptureError", "SiteError", "ModelSpecError"]
+
+
+class CaptureError(ActStoreError, RuntimeError):
+    """Capture failed while the model ran (a hook saw something it could not store)."""
+
+
+class SiteError(ActStoreError, ValueError):
+    """A capture site names a module, layer or role the model does not have."""
+
+
+class ModelSpecError(ActStoreError, ValueError):
+    """A model name, factory spec or adapter option is not valid."""

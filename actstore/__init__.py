@@ -20,6 +20,7 @@ from ._errors import (
     WriterFailedError,
 )
 from ._format import FORMAT_VERSION, NO_STEP
+from ._loader import ActDataset, ActLoader, LoaderConfig
 from ._reader import ActStore
 from ._view import ActView
 from ._writer import StoreWriter, create
@@ -28,12 +29,15 @@ __all__ = [
     "CODECS",
     "FORMAT_VERSION",
     "NO_STEP",
+    "ActDataset",
+    "ActLoader",
     "ActStore",
     "ActStoreError",
     "ActView",
     "CorruptStoreError",
     "FormatVersionError",
     "InvalidNameError",
+    "LoaderConfig",
     "NotAStoreError",
     "SchemaMismatchError",
     "StoreConfig",

@@ -341,6 +341,14 @@ class ActStore:
         idx = idx[np.argsort(table["position"][idx], kind="stable")]
         return self.view(layer, role).filter(idx)[:]
 
+    # ------------------------------------------------------------------------------------------ loader
+    def loader(self, layer: Any, role: str, **kwargs: Any) -> Any:
+        """Minibatches of ``store[layer, role]`` for training (see :class:`actstore.ActLoader`); ``layer`` may be a
+        list of layers of the role for multi-layer models (same rows, same order)."""
+        from ._loader import ActLoader
+
+        return ActLoader(self, layer, role, **kwargs)
+
     # ------------------------------------------------------------------------------------------ summary
     def stored_bytes(self) -> int:
         return self._be.stored_bytes()

@@ -9,6 +9,7 @@ intact; rows after it are ignored and overwritten on resume.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -143,15 +144,21 @@ class StoreWriter:
         self._chunk_rows = int(layout["chunk_rows"])
         self._block_rows = int(layout["block_rows"])
         self._codec_name = str(layout["codec"])
-        if resumed and (self._codec_name, self._chunk_rows, self._block_rows) != (
-            config.codec,
-            config.chunk_rows,
-            config.block_rows,
-        ) and config != StoreConfig():
+        requested = (config.codec, config.chunk_rows, config.block_rows)
+        defaults = StoreConfig()
+        if resumed and requested != (self._codec_name, self._chunk_rows, self._block_rows) and requested != (
+            defaults.codec,
+            defaults.chunk_rows,
+            defaults.block_rows,
+        ):
             warnings.warn(
                 f"resuming {self.path}: keeping its layout {layout}, not the requested codec/chunking",
                 stacklevel=3,
             )
+        self._schema: dict[str, Any] = copy.deepcopy(
+            {"roles": meta["roles"], "conds": meta["conds"], "samples": meta["samples"]}
+        )
+        """Producer-side schema (the writer thread's ``_meta`` catches up through ``declare`` items)."""
         commit = meta["commit"]
         # producer-side view of what is appended (validated synchronously)
         self._counts: dict[str, int] = {f"role:{r}": int(commit["roles"].get(r, 0)) for r in meta["roles"]}
@@ -185,7 +192,7 @@ class StoreWriter:
 
     @property
     def roles(self) -> list[str]:
-        return list(self._meta["roles"])
+        return list(self._schema["roles"])
 
     def append(self, role: str, rows: Mapping[str, Any], acts: Mapping[Any, Any], *, done: Done = None) -> None:
         """Append ``N`` rows of one role: its row table and the activations of all its layers at once."""
@@ -193,7 +200,7 @@ class StoreWriter:
         check_name(role, "role")
         if not isinstance(acts, Mapping) or not acts:
             raise SchemaMismatchError(f"acts of role {role!r} must be a non-empty mapping of layer to (N, d) tensor")
-        spec = self._meta["roles"].get(role)
+        spec = self._schema["roles"].get(role)
         layer_names = {check_name(layer, "layer"): layer for layer in acts}
         if spec is not None:
             known = {str(e["layer"]): e for e in spec["layers"]}
@@ -230,7 +237,7 @@ class StoreWriter:
         """Append conditioning vectors (e.g. ``adarms``), one row per (sample, step)."""
         self._check_open()
         check_name(name, "cond")
-        spec = self._meta["conds"].get(name)
+        spec = self._schema["conds"].get(name)
         arr, dtype = check_acts(
             acts, f"cond {name!r}", None if spec is None else spec["d"], None if spec is None else spec["dtype"]
         )
@@ -252,7 +259,7 @@ class StoreWriter:
         self._check_open()
         ids = as_index_column(sample, "sample", None)
         n = ids.shape[0]
-        spec = self._meta["samples"]
+        spec = self._schema["samples"]
         table, columns = row_matrix({"sample": ids, **extra}, n, None if spec is None else spec["columns"], ("sample",), "samples")
         dup = [int(s) for s in ids if int(s) in self._sample_ids]
         if dup or len(set(ids.tolist())) != n:
@@ -347,13 +354,11 @@ class StoreWriter:
         }
 
     def _declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
-        self._queue.put(("declare", (kind, name, spec), None), 0, self._failed)
-        if kind == "role":
-            self._meta["roles"][name] = spec
-        elif kind == "cond":
-            self._meta["conds"][name] = spec
+        self._queue.put(("declare", (kind, name, copy.deepcopy(spec)), None), 0, self._failed)
+        if kind == "samples":
+            self._schema["samples"] = spec
         else:
-            self._meta["samples"] = spec
+            self._schema[f"{kind}s"][name] = spec
         self._counts.setdefault("samples" if kind == "samples" else f"{kind}:{name}", 0)
 
     def _put(self, item: tuple[str, Any, Any], group: str, n: int) -> None:
@@ -411,6 +416,10 @@ class StoreWriter:
             self._error = exc
 
     def _do_declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        if kind == "samples":
+            self._meta["samples"] = spec
+        else:
+            self._meta[f"{kind}s"][name] = spec
         if kind == "role":
             self._add_table(rows_key(name), len(spec["columns"]), np.dtype("<i8"))
             for e in spec["layers"]:

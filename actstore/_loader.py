@@ -1,0 +1,559 @@
+"""Training minibatches from a store: ``ActLoader`` (threads, the fast path) and ``ActDataset`` (for a DataLoader).
+
+Both follow the plan of :mod:`actstore._shuffle`: a random order of whole chunks, then rows shuffled within a
+buffer of ``shuffle_chunks`` chunks. Whole chunks are read and decoded concurrently (the codecs release the GIL)
+straight into one of two reused buffers; while the consumer takes the batches of one buffer, the next buffer is
+decoded into the other (double buffering). A batch is one gather (``np.take(..., out=)``) from the buffer into a
+reused output buffer.
+
+**Shuffle buffer trade-off.** Rows of one batch come from at most ``shuffle_chunks`` chunks (about
+``shuffle_chunks * chunk_rows`` consecutive rows of capture). Rows captured together (same sample, same denoising
+step) are correlated, so a small buffer gives batches that over-represent a few samples; a larger buffer mixes
+better but costs ``2 * shuffle_chunks * chunk_rows * d * itemsize`` bytes of RAM per layer (256 MiB at the default
+8 chunks of 4096 rows, d=2048 bf16) and a longer first-batch latency. Throughput is the same for any
+``shuffle_chunks >= 2``. For a store whose samples span fewer rows than a chunk, 8 chunks hold rows of many
+samples; ``tests/test_shuffle.py`` measures how far the within-batch same-sample fraction is from a uniform
+permutation's.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ._blocks import ArrayReader, decode_pool
+from ._config import ConfigError
+from ._format import DTYPES
+from ._shuffle import EpochPlan, plan_epoch, resume_split
+
+if TYPE_CHECKING:
+    from ._reader import ActStore
+
+__all__ = ["ActDataset", "ActLoader", "LoaderConfig"]
+
+Batch = Any
+"""A tensor (one layer), a dict layer -> tensor (several layers), or ``(acts, rows)`` with ``with_rows``."""
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How :class:`ActLoader` / :class:`ActDataset` cut a store into batches."""
+
+    batch_size: int = 4096
+    """Rows per batch."""
+    shuffle: bool = True
+    """Shuffle (chunk order, then rows within a buffer); False yields the stored order exactly."""
+    seed: int = 0
+    """Seed of the shuffle; the order depends only on (seed, epoch, rank, world_size, worker count)."""
+    shuffle_chunks: int = 8
+    """Chunks per shuffle buffer (see the module docstring for the trade-off)."""
+    drop_last: bool = False
+    """Drop each rank's last short batch; with several ranks, also how uneven row counts are equalised."""
+    rank: int | None = None
+    """This process's rank (None: from ``torch.distributed`` when initialised, else 0)."""
+    world_size: int | None = None
+    """Number of ranks (None: from ``torch.distributed`` when initialised, else 1)."""
+    dtype: str | None = None
+    """Output dtype, ``"bfloat16"``, ``"float16"``, ``"float32"`` or ``"float64"`` (None: as stored)."""
+    with_rows: bool = False
+    """Yield ``(acts, rows)`` where ``rows`` holds the row-table columns (sample, step, position, ...) of the batch."""
+    pin_memory: bool = False
+    """Put batches in pinned host memory (faster, asynchronous copies to a GPU)."""
+    device: str | None = None
+    """Move batches to this device (e.g. ``"cuda"``) on a side stream, ahead of the consumer."""
+    prefetch: int = 2
+    """Batches prepared ahead of the consumer."""
+    reuse_buffers: bool = True
+    """Recycle a ring of ``prefetch + 3`` output buffers (ActLoader only): a yielded host batch is overwritten
+    ``prefetch + 2`` batches later; ``.clone()`` it to keep it. False allocates every batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "shuffle_chunks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 1:
+            raise ConfigError(f"prefetch must be an int >= 1, got {self.prefetch!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative int, got {self.seed!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; valid dtypes are {list(DTYPES)} or None (as stored)")
+        if self.world_size is not None and (not isinstance(self.world_size, int) or self.world_size < 1):
+            raise ConfigError(f"world_size must be an int >= 1, got {self.world_size!r}")
+        if self.rank is not None:
+            ws = self.world_size if self.world_size is not None else 1
+            if not isinstance(self.rank, int) or not 0 <= self.rank < ws:
+                raise ConfigError(f"rank must be an int in [0, {ws}) for world_size={ws}, got {self.rank!r}")
+        if self.pin_memory and self.device is not None and not str(self.device).startswith("cuda"):
+            raise ConfigError(f"pin_memory only helps a copy to a cuda device, got device={self.device!r}")
+
+    def ranks(self) -> tuple[int, int]:
+        """``(rank, world_size)``, filled in from ``torch.distributed`` where not given."""
+        dist = torch.distributed
+        ready = dist.is_available() and dist.is_initialized()
+        world = self.world_size if self.world_size is not None else (dist.get_world_size() if ready else 1)
+        rank = self.rank if self.rank is not None else (dist.get_rank() if ready else 0)
+        if not 0 <= rank < world:
+            raise ConfigError(f"rank {rank} is outside world_size {world}")
+        return rank, world
+
+
+_STATE_KEYS = ("seed", "shuffle", "batch_size", "shuffle_chunks", "drop_last", "n_rows")
+
+
+class _Source:
+    """The selected rows of one role and the readers of its layers; reopens the store in a new process."""
+
+    def __init__(
+        self,
+        store: ActStore,
+        layer: int | str | Sequence[int | str],
+        role: str,
+        step: int | Iterable[int] | None,
+        sample: int | Iterable[int] | None,
+        where: Callable[[dict[str, np.ndarray]], np.ndarray] | np.ndarray | None,
+    ) -> None:
+        self.multi = isinstance(layer, (list, tuple))
+        layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+        if not layers:
+            raise ConfigError(f"give at least one layer; layers of role {role!r} are {store.layers_of(role)}")
+        self.role = role
+        views = [store.select(x, role, step=step, sample=sample, where=where) for x in layers]
+        self.layers = [v.layer for v in views]
+        if len(set(map(str, self.layers))) != len(self.layers):
+            raise ConfigError(f"layer list {layers!r} names a layer twice")
+        self.rows = np.ascontiguousarray(views[0].row_index, dtype=np.int64)
+        self.dtype_names = [v._dtype_name for v in views]
+        self.path = str(store.path)
+        self._store: ActStore | None = store
+        self._pid = os.getpid()
+        self._readers: list[ArrayReader] | None = [v._reader for v in views]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_store"] = None
+        state["_readers"] = None
+        return state
+
+    @property
+    def store(self) -> ActStore:
+        if self._store is None or self._pid != os.getpid():
+            from ._reader import ActStore
+
+            self._store = ActStore.open(self.path)
+            self._readers = None
+            self._pid = os.getpid()
+        return self._store
+
+    @property
+    def readers(self) -> list[ArrayReader]:
+        store = self.store
+        if self._readers is None:
+            self._readers = [store.view(x, self.role)._reader for x in self.layers]
+        return self._readers
+
+    @property
+    def chunk_rows(self) -> int:
+        return self.readers[0].chunk_rows
+
+    def table(self) -> dict[str, np.ndarray]:
+        return self.store.rows(self.role)
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _read_full(reader: ArrayReader, chunk: int, out: np.ndarray) -> None:
+    blobs = reader.backend.read_chunk(reader.key, chunk, reader.per_chunk)
+    first, br = chunk * reader.per_chunk, reader.block_rows
+    for i, blob in enumerate(blobs):
+        reader._decode(blob, first + i, out[i * br : (i + 1) * br])
+
+
+def _read_part(reader: ArrayReader, chunk: int, ids: np.ndarray, out: np.ndarray) -> None:
+    blobs = reader.backend.read_chunk(reader.key, chunk, reader.per_chunk)
+    br = reader.block_rows
+    local = ids - chunk * reader.chunk_rows
+    blocks = local // br
+    tmp = np.empty((br, reader.width), dtype=reader.dtype)
+    for b in np.unique(blocks):
+        sel = np.flatnonzero(blocks == b)
+        reader._decode(blobs[int(b)], chunk * reader.per_chunk + int(b), tmp)
+        out[sel] = tmp[local[sel] - int(b) * br]
+
+
+def _fill(readers: list[ArrayReader], ids: np.ndarray, bufs: list[np.ndarray]) -> list[Future[None]]:
+    """Start decoding the rows ``ids`` (chunk-contiguous) into ``bufs[layer][:len(ids)]``; one job per chunk."""
+    cr = readers[0].chunk_rows
+    chunk = ids // cr
+    starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]]) if ids.size else np.zeros(0, np.int64)
+    bounds = np.r_[starts, ids.size]
+    pool = decode_pool()
+    futures = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        c = int(chunk[a])
+        for reader, buf in zip(readers, bufs, strict=True):
+            if b - a == cr:
+                futures.append(pool.submit(_read_full, reader, c, buf[a:b]))
+            else:
+                futures.append(pool.submit(_read_part, reader, c, ids[a:b], buf[a:b]))
+    return futures
+
+
+def _wait(futures: list[Future[None]]) -> None:
+    try:
+        for f in futures:
+            f.result()
+    finally:
+        for f in futures:
+            f.cancel()
+
+
+class _Output:
+    """Output buffers of one layer: a ring of reused (optionally pinned) tensors, or fresh ones."""
+
+    def __init__(self, rows: int, width: int, stored: str, out: str, pin: bool, ring: int) -> None:
+        self.rows, self.width, self.stored, self.out, self.pin = rows, width, stored, out, pin
+        self.np_dtype = DTYPES[stored][1]
+        self.ring = [self._new() for _ in range(ring)] if ring else []
+        self.events: list[Any] = [None] * len(self.ring)
+        self.scratch = np.empty((rows, width), dtype=self.np_dtype) if stored != out else None
+
+    def _new(self) -> torch.Tensor:
+        return torch.empty((self.rows, self.width), dtype=DTYPES[self.out][0], pin_memory=self.pin)
+
+    def gather(self, buf: np.ndarray, idx: np.ndarray, slot: int) -> torch.Tensor:
+        n = idx.size
+        if self.ring:
+            ev = self.events[slot]
+            if ev is not None:  # the last device copy from this slot must be done before it is overwritten
+                ev.synchronize()
+                self.events[slot] = None
+            out = self.ring[slot][:n]
+        else:
+            out = self._new()[:n]
+        if self.scratch is None:
+            target = out.view(torch.int16).numpy().view(np.uint16) if self.stored == "bfloat16" else out.numpy()
+            np.take(buf, idx, axis=0, out=target)
+        else:
+            tmp = self.scratch[:n]
+            np.take(buf, idx, axis=0, out=tmp)
+            src = torch.from_numpy(tmp)
+            out.copy_(src.view(torch.bfloat16) if self.stored == "bfloat16" else src)
+        return out
+
+
+class _Stop(Exception):
+    pass
+
+
+def _pipeline(
+    src: _Source,
+    cfg: LoaderConfig,
+    plan: EpochPlan,
+    buffer_ids: list[int],
+    skip: int,
+    reuse: bool,
+    bufs: list[list[np.ndarray]] | None,
+) -> Iterator[Batch]:
+    """Yield the batches of ``buffer_ids`` (after skipping ``skip`` of them), prepared on a background thread."""
+    readers = src.readers
+    counts = {i: plan.buffer_batches(i) for i in buffer_ids}
+    todo = list(buffer_ids)
+    while todo and skip >= counts[todo[0]]:
+        skip -= counts[todo.pop(0)]
+    if not todo:
+        return
+    if bufs is None:
+        bufs = [[np.empty((plan.buffer_rows, r.width), dtype=r.dtype) for r in readers] for _ in range(2)]
+    out_dtype = cfg.dtype
+    ring = cfg.prefetch + 3 if reuse else 0
+    outs = [
+        _Output(cfg.batch_size, r.width, name, out_dtype or name, cfg.pin_memory, ring)
+        for r, name in zip(readers, src.dtype_names, strict=True)
+    ]
+    table = src.table() if cfg.with_rows else None
+    device = torch.device(cfg.device) if cfg.device is not None else None
+    stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
+    q: queue.Queue[Any] = queue.Queue(maxsize=cfg.prefetch)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stop
+
+    def emit(ids: np.ndarray, idx: np.ndarray, slot: int, cur: list[np.ndarray]) -> None:
+        acts = [o.gather(buf, idx, slot) for o, buf in zip(outs, cur, strict=True)]
+        event = None
+        if device is not None:
+            if stream is not None:
+                with torch.cuda.stream(stream):
+                    acts_dev = [a.to(device, non_blocking=True) for a in acts]
+                    event = torch.cuda.Event()
+                    event.record(stream)
+                if reuse:
+                    for o in outs:
+                        o.events[slot] = event
+            else:
+                acts_dev = [a.to(device) for a in acts]
+            acts = acts_dev
+        result: Any = dict(zip(src.layers, acts, strict=True)) if src.multi else acts[0]
+        if table is not None:
+            rid = ids[idx]
+            result = (result, {k: torch.from_numpy(v[rid]) for k, v in table.items()})
+        put((result, event))
+
+    def produce() -> None:
+        try:
+            slot = 0
+            pending = _fill(readers, plan.buffer(todo[0]), bufs[0])
+            first_skip = skip
+            for j, i in enumerate(todo):
+                _wait(pending)
+                cur = bufs[j % 2]
+                ids = plan.buffer(i)
+                if j + 1 < len(todo):  # decode the next buffer while this one is gathered
+                    pending = _fill(readers, plan.buffer(todo[j + 1]), bufs[(j + 1) % 2])
+                else:
+                    pending = []
+                order = plan.order(i)
+                for k in range(first_skip, counts[i]):
+                    emit(ids, order[k * cfg.batch_size : (k + 1) * cfg.batch_size], slot, cur)
+                    slot = (slot + 1) % max(ring, 1)
+                first_skip = 0
+            _wait(pending)
+            put(None)
+        except _Stop:
+            return
+        except BaseException as exc:  # re-raised in the consumer, never swallowed
+            try:
+                put(exc)
+            except _Stop:
+                return
+
+    thread = threading.Thread(target=produce, name="actstore-loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            result, event = item
+            if event is not None:
+                cur_stream = torch.cuda.current_stream(device)
+                cur_stream.wait_event(event)
+                for t in _tensors(result):
+                    if t.device.type == "cuda":
+                        t.record_stream(cur_stream)
+            yield result
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _tensors(result: Any) -> list[torch.Tensor]:
+    acts = result[0] if isinstance(result, tuple) else result
+    return list(acts.values()) if isinstance(acts, dict) else [acts]
+
+
+def _config(config: LoaderConfig | None, overrides: dict[str, Any]) -> LoaderConfig:
+    base = config or LoaderConfig()
+    if not overrides:
+        return base
+    valid = set(LoaderConfig.__dataclass_fields__)
+    bad = sorted(set(overrides) - valid)
+    if bad:
+        raise ConfigError(
+            f"unknown loader option {bad[0]!r}; valid options are {sorted(valid)} and step, sample, where, config"
+        )
+    return LoaderConfig(**{**asdict(base), **overrides})
+
+
+class _Base:
+    def __init__(
+        self,
+        store: ActStore,
+        layer: int | str | Sequence[int | str],
+        role: str,
+        *,
+        step: int | Iterable[int] | None = None,
+        sample: int | Iterable[int] | None = None,
+        where: Callable[[dict[str, np.ndarray]], np.ndarray] | np.ndarray | None = None,
+        config: LoaderConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.config = _config(config, overrides)
+        self._src = _Source(store, layer, role, step, sample, where)
+        self.rank, self.world_size = self.config.ranks()
+        self.epoch = 0
+
+    @property
+    def num_rows(self) -> int:
+        """Rows selected (before the split across ranks)."""
+        return int(self._src.rows.size)
+
+    @property
+    def layers(self) -> list[int | str]:
+        return list(self._src.layers)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """This rank's plan of an epoch (default: the current one)."""
+        c = self.config
+        return plan_epoch(
+            self._src.rows,
+            chunk_rows=self._src.chunk_rows,
+            batch_size=c.batch_size,
+            shuffle_chunks=c.shuffle_chunks,
+            shuffle=c.shuffle,
+            seed=c.seed,
+            epoch=self.epoch if epoch is None else epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            drop_last=c.drop_last,
+        )
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank)."""
+        n = self.num_rows
+        if self.world_size > 1:
+            n = n // self.world_size if self.config.drop_last else -(-n // self.world_size)
+        b = self.config.batch_size
+        return n // b if self.config.drop_last else -(-n // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError(f"epoch must be a non-negative int, got {epoch!r}")
+        self.epoch = epoch
+
+    def _state(self, batch: int) -> dict[str, Any]:
+        c = self.config
+        return {
+            "epoch": self.epoch,
+            "batch": batch,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "n_rows": self.num_rows,
+            **{k: getattr(c, k) for k in _STATE_KEYS if k != "n_rows"},
+        }
+
+    def _check_state(self, state: dict[str, Any]) -> tuple[int, int]:
+        mine = self._state(0)
+        for key in (*_STATE_KEYS, "rank", "world_size"):
+            if key in state and state[key] != mine[key]:
+                raise ConfigError(
+                    f"cannot resume: the saved state has {key}={state[key]!r} but this loader has {key}={mine[key]!r}"
+                )
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if not 0 <= batch <= len(self):
+            raise ConfigError(f"cannot resume at batch {batch}: an epoch has {len(self)} batches")
+        return epoch, batch
+
+
+class ActLoader(_Base):
+    """Batches of ``store[layer, role]`` (or several layers, same rows in the same order), for training.
+
+    ``for batch in loader`` yields the rest of the current epoch, then moves to the next epoch. A batch is a
+    ``(B, d)`` tensor, a dict ``{layer: (B, d)}`` when ``layer`` is a list, or ``(acts, rows)`` with
+    ``with_rows=True`` (``rows``: dict of int64 tensors, one per row-table column). Filters: ``step``,
+    ``sample`` (values to keep) and ``where`` (a mask over the role's rows, or a callable on the row table).
+    Options are the fields of :class:`LoaderConfig`, as ``config=`` or keywords. The order depends only on
+    (seed, epoch, rank, world_size); ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly.
+    """
+
+    def __init__(self, store: ActStore, layer: Any, role: str, **kwargs: Any) -> None:
+        super().__init__(store, layer, role, **kwargs)
+        self.batch = 0
+        self._bufs: list[list[np.ndarray]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.batch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: the epoch and the batches of it already yielded (plus the settings)."""
+        return self._state(self.batch)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: the next batch is the one that would have followed."""
+        self.epoch, self.batch = self._check_state(state)
+
+    def __iter__(self) -> Iterator[Batch]:
+        plan = self.plan()
+        if self._bufs is None:
+            self._bufs = [
+                [np.empty((plan.buffer_rows, r.width), dtype=r.dtype) for r in self._src.readers] for _ in range(2)
+            ]
+        pipe = _pipeline(
+            self._src, self.config, plan, list(range(plan.n_buffers)), self.batch, self.config.reuse_buffers,
+            self._bufs,
+        )
+        try:
+            for batch in pipe:
+                self.batch += 1
+                yield batch
+        finally:
+            pipe.close()
+        self.epoch += 1
+        self.batch = 0
+
+    def __repr__(self) -> str:
+        return (f"ActLoader(layers={self.layers}, role={self._src.role!r}, rows={self.num_rows}, "
+                f"batches={len(self)}, epoch={self.epoch}, batch={self.batch})")
+
+
+class ActDataset(_Base, IterableDataset):  # type: ignore[misc]
+    """An ``IterableDataset`` of whole batches for your own ``DataLoader(ds, batch_size=None, num_workers=W)``.
+
+    Same options and batch format as :class:`ActLoader`. Workers split the rank's shuffle buffers (worker ``w``
+    of ``W`` takes buffers ``w, w + W, ...``), so no row is read twice; the DataLoader's round-robin fixes the
+    order, which depends on (seed, epoch, rank, world_size, W). Call ``set_epoch(e)`` before each epoch (with
+    ``persistent_workers=False``, the default). To resume, save ``state_dict(batches_seen)`` (batches drawn from
+    the DataLoader this epoch) and call ``load_state_dict`` on a new dataset used with the same ``num_workers``.
+    Batches are freshly allocated (tensors cross process boundaries); ``device`` is not supported here (use the
+    DataLoader's ``pin_memory`` and move batches yourself).
+    """
+
+    def __init__(self, store: ActStore, layer: Any, role: str, **kwargs: Any) -> None:
+        super().__init__(store, layer, role, **kwargs)
+        if self.config.device is not None:
+            raise ConfigError(f"ActDataset does not move batches to a device (got device={self.config.device!r}); "
+                              "use ActLoader, or move them in the training loop")
+        self._resume: tuple[int, int] | None = None
+
+    def state_dict(self, batches_seen: int) -> dict[str, Any]:
+        """The state after ``batches_seen`` batches of the current epoch came out of the DataLoader."""
+        return self._state(batches_seen)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next iteration of the saved epoch yields the batches after the saved ones, in order."""
+        self.epoch, batch = self._check_state(state)
+        self._resume = (self.epoch, batch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        n_workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        plan = self.plan()
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skips, roles = resume_split(plan.batch_counts(), n_workers, self._resume[1])
+            if worker >= len(roles):
+                return
+            worker = roles[worker]
+            skip = int(skips[worker])
+        buffers = list(range(worker, plan.n_buffers, n_workers))
+        yield from _pipeline(self._src, self.config, plan, buffers, skip, False, None)

@@ -1,0 +1,91 @@
+"""Names, dtypes and metadata validation of the on-disk format."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from actstore import CorruptStoreError, FormatVersionError, InvalidNameError
+from actstore._format import (
+    FORMAT_VERSION,
+    check_name,
+    dtype_name,
+    from_storage,
+    new_metadata,
+    to_storage,
+    validate_metadata,
+)
+
+
+@pytest.mark.parametrize("name", ["decision", "layer_14", 14, 0, "a.b-c", "X" * 128])
+def test_good_names(name: object) -> None:
+    assert check_name(name, "role") == str(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["..", "../x", "/abs", "a/b", "", ".hidden", "-1", -1, "a\0b", "tab\tname", "x" * 129, "zarr.json", True, 1.5, None]
+)
+def test_bad_names_are_refused(name: object) -> None:
+    with pytest.raises(InvalidNameError):
+        check_name(name, "role")
+
+
+def test_bf16_storage_is_bit_exact_and_zero_copy() -> None:
+    t = torch.randn(5, 3).to(torch.bfloat16)
+    arr, name = to_storage(t)
+    assert name == "bfloat16" and arr.dtype == np.uint16
+    back = from_storage(arr, name)
+    assert back.dtype == torch.bfloat16 and torch.equal(back.view(torch.uint16), t.view(torch.uint16))
+    assert dtype_name(torch.float16) == "float16"
+    with pytest.raises(ValueError, match="valid dtypes"):
+        dtype_name(torch.int32)
+
+
+def _meta() -> dict[str, Any]:
+    m = new_metadata({"a": 1}, {"codec": "lz4", "chunk_rows": 64, "block_rows": 16}, "actstore test")
+    m["roles"]["decision"] = {"columns": ["sample", "step", "position"], "layers": [{"layer": 6, "d": 8, "dtype": "bfloat16"}]}
+    m["commit"]["roles"]["decision"] = 10
+    return m
+
+
+def test_valid_metadata_passes() -> None:
+    m = _meta()
+    assert validate_metadata(copy.deepcopy(m), "x") == m
+    assert m["format_version"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m.pop("roles"),
+        lambda m: m.update(format_version="1"),
+        lambda m: m["layout"].update(codec="pickle"),
+        lambda m: m["layout"].update(block_rows=10),
+        lambda m: m["roles"]["decision"].update(columns=["step"]),
+        lambda m: m["roles"]["decision"]["layers"][0].update(d=-1),
+        lambda m: m["roles"]["decision"]["layers"][0].update(dtype="object"),
+        lambda m: m["roles"]["decision"]["layers"][0].update(layer="../../etc"),
+        lambda m: m["roles"].update({"../x": m["roles"]["decision"]}),
+        lambda m: m["commit"]["roles"].update(other=3),
+        lambda m: m["commit"]["roles"].update(decision=-5),
+        lambda m: m["commit"].update(progress=[1]),
+    ],
+)
+def test_malformed_metadata_is_corrupt(mutate: Any) -> None:
+    m = _meta()
+    mutate(m)
+    with pytest.raises(CorruptStoreError):
+        validate_metadata(m, "x")
+
+
+def test_newer_format_version_is_refused() -> None:
+    m = _meta()
+    m["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(FormatVersionError, match="upgrade actstore"):
+        validate_metadata(m, "x")
+    with pytest.raises(CorruptStoreError):
+        validate_metadata([1, 2], "x")

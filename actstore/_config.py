@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 from ._errors import ActStoreError
 
-__all__ = ["CODECS", "StoreConfig"]
+__all__ = ["CODECS", "NONFINITE", "StoreConfig"]
 
 CODECS: tuple[str, ...] = ("lz4", "zstd", "none")
 """Codec names: ``lz4`` = blosc lz4 + bitshuffle (the default, fast), ``zstd`` = blosc zstd(1) + byte shuffle
 (archives, smaller and about 2x the CPU), ``none`` = raw bytes (fastest, largest). Every codec adds a crc32c."""
+
+
+NONFINITE: tuple[str, ...] = ("count", "reject", "allow")
 
 
 class ConfigError(ActStoreError, ValueError):
@@ -39,6 +42,10 @@ class StoreConfig:
     """Threads that compress and write chunks (0 = one per CPU core)."""
     max_prompt_bytes: int = 1024
     """Width of the per-sample UTF-8 prompt column; longer prompts are refused."""
+    nonfinite: str = "count"
+    """NaN/Inf activations: ``count`` (stored, counted in the commit record, warned about on close), ``reject``
+    (the append raises before anything is queued; costs a pass over the data on the caller's thread) or
+    ``allow`` (not checked)."""
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -51,6 +58,8 @@ class StoreConfig:
             raise ConfigError(
                 f"block_rows={self.block_rows} must divide chunk_rows={self.chunk_rows}"
             )
+        if self.nonfinite not in NONFINITE:
+            raise ConfigError(f"unknown nonfinite policy {self.nonfinite!r}; valid policies are {list(NONFINITE)}")
         if self.commit_interval_s < 0:
             raise ConfigError(f"commit_interval_s must be >= 0, got {self.commit_interval_s!r}")
         if not isinstance(self.threads, int) or self.threads < 0:

@@ -211,6 +211,12 @@ def validate_metadata(meta: object, path: str) -> dict[str, Any]:
             _expect(_is_count(n), path, f"commit.{key}[{name!r}] must be a non-negative int")
     _expect(_is_count(commit.get("samples")), path, "commit.samples must be a non-negative int")
     _expect(commit.get("progress") is None or isinstance(commit["progress"], dict), path, "commit.progress")
+    nonfinite = commit.get("nonfinite", {})
+    _expect(
+        isinstance(nonfinite, dict) and all(isinstance(k, str) and _is_count(v) for k, v in nonfinite.items()),
+        path,
+        "commit.nonfinite must map array names to counts",
+    )
     return meta
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,13 @@ class Table:
     """Encoded blocks of the current chunk that are full and were already encoded (reused by later flushes)."""
     flushed_fill: int = 0
     """``fill`` at the last partial flush of the current chunk (nothing to flush while unchanged)."""
+    logical: str | None = None
+    """Activation dtype name (``bfloat16``, ``float32``...) when non-finite values are counted, else None."""
+    nonfinite_full: int = 0
+    """NaN/Inf values in blocks that are complete."""
+    nonfinite_partial: dict[int, int] = field(default_factory=dict)
+    """NaN/Inf values of the trailing, still partial block (by absolute block index), recounted on each flush."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
     free: list[np.ndarray] = field(default_factory=list)
     """Chunk buffers whose jobs finished, reused to avoid page-faulting fresh memory for every chunk."""
 
@@ -57,6 +65,23 @@ class Table:
             return self.free.pop()
         except IndexError:
             return np.empty((self.chunk_rows, self.width), dtype=self.dtype)
+
+    @property
+    def nonfinite(self) -> int:
+        with self.lock:
+            return self.nonfinite_full + sum(self.nonfinite_partial.values())
+
+    def count(self, block_index: int, rows: np.ndarray, full: bool) -> None:
+        """Record the NaN/Inf count of one encoded block."""
+        if self.logical is None:
+            return
+        n = count_nonfinite(rows, self.logical)
+        with self.lock:
+            if full:
+                self.nonfinite_full += n
+                self.nonfinite_partial.pop(block_index, None)
+            else:
+                self.nonfinite_partial = {block_index: n}
 
     def recycle(self, job: ChunkJob) -> None:
         """Called when a final job is done with its buffer."""
@@ -102,8 +127,16 @@ class Table:
         self.flushed_fill = rows.shape[0]
 
 
-def encode_block(job: ChunkJob, codec: BlockCodec, block: int, block_rows: int) -> bytes | None:
+def count_nonfinite(rows: np.ndarray, logical: str) -> int:
+    """NaN and +-Inf values in storage-dtype rows (bf16 as uint16 bits: exponent all ones)."""
+    if logical == "bfloat16":
+        return int(np.count_nonzero(np.bitwise_and(rows, 0x7FFF) >= 0x7F80))
+    return int(rows.size - np.count_nonzero(np.isfinite(rows)))
+
+
+def encode_block(job: ChunkJob, table: Table, block: int) -> bytes | None:
     """Encode block ``block`` of a job; a partly filled block is zero-padded; an empty one is absent."""
+    codec, block_rows = table.codec, table.block_rows
     lo = block * block_rows
     if lo >= job.fill:
         return None
@@ -111,11 +144,14 @@ def encode_block(job: ChunkJob, codec: BlockCodec, block: int, block_rows: int) 
     if cached is not None:
         return cached
     hi = lo + block_rows
+    absolute = job.chunk * table.n_blocks + block
     if hi <= job.fill:
+        table.count(absolute, job.buf[lo:hi], full=True)
         blob = codec.encode(job.buf[lo:hi])
         if job.cached:
             job.cached[block] = blob  # a full block never changes again
         return blob
     padded = np.zeros((block_rows, job.buf.shape[1]), dtype=job.buf.dtype)
     padded[: job.fill - lo] = job.buf[lo : job.fill]
+    table.count(absolute, padded, full=False)
     return codec.encode(padded)

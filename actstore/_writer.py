@@ -42,7 +42,7 @@ from ._format import (
     validate_metadata,
 )
 from ._schema import COND_REQUIRED, ROLE_REQUIRED, as_index_column, check_acts, row_matrix
-from ._tables import ChunkJob, Table, encode_block
+from ._tables import ChunkJob, Table, count_nonfinite, encode_block
 
 __all__ = ["StoreWriter", "create"]
 
@@ -224,6 +224,7 @@ class StoreWriter:
                 n = arr.shape[0]
             elif arr.shape[0] != n:
                 raise SchemaMismatchError(f"layers of role {role!r} disagree on the row count: {arr.shape[0]} vs {n}")
+            self._check_finite(arr, dtype, f"layer {layer!r} of role {role!r}")
             arrays.append((acts_key(role, text), arr))
             new_layers.append({"layer": layer, "d": int(arr.shape[1]), "dtype": dtype})
         assert n is not None
@@ -241,6 +242,7 @@ class StoreWriter:
         arr, dtype = check_acts(
             acts, f"cond {name!r}", None if spec is None else spec["d"], None if spec is None else spec["dtype"]
         )
+        self._check_finite(arr, dtype, f"cond {name!r}")
         mat, _ = row_matrix(rows, arr.shape[0], list(COND_REQUIRED), COND_REQUIRED, f"cond {name!r}")
         if spec is None:
             self._declare("cond", name, {"d": int(arr.shape[1]), "dtype": dtype})
@@ -331,8 +333,26 @@ class StoreWriter:
         self._io.shutdown(wait=True)
         self._be.close()
         self._raise_if_failed()
+        bad = self.nonfinite
+        if bad:
+            warnings.warn(f"{self.path} holds NaN/Inf activations: {bad}", RuntimeWarning, stacklevel=2)
+
+    @property
+    def nonfinite(self) -> dict[str, int]:
+        """NaN/Inf values counted so far per array (``nonfinite="count"``), as of the last commit."""
+        return dict(self._meta["commit"].get("nonfinite", {}))
 
     # ----------------------------------------------------------------------------------- producer helpers
+    def _check_finite(self, arr: np.ndarray, dtype: str, what: str) -> None:
+        if self.config.nonfinite != "reject":
+            return
+        bad = count_nonfinite(arr, dtype)
+        if bad:
+            raise SchemaMismatchError(
+                f"activations of {what} hold {bad} NaN/Inf values; refused (StoreConfig.nonfinite='reject'; "
+                "use 'count' to store and count them)"
+            )
+
     def _check_open(self) -> None:
         if self._closed:
             raise WriterClosedError(f"the writer of {self.path} is closed")
@@ -423,10 +443,10 @@ class StoreWriter:
         if kind == "role":
             self._add_table(rows_key(name), len(spec["columns"]), np.dtype("<i8"))
             for e in spec["layers"]:
-                self._add_table(acts_key(name, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1])
+                self._add_table(acts_key(name, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1], e["dtype"])
         elif kind == "cond":
             self._add_table(cond_rows_key(name), 2, np.dtype("<i8"))
-            self._add_table(cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1])
+            self._add_table(cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1], spec["dtype"])
         else:
             self._add_table(SAMPLE_KEYS["table"], len(spec["columns"]), np.dtype("<i8"))
             if spec["instruction_mask"]:
@@ -436,12 +456,16 @@ class StoreWriter:
             if spec["prompt"]:
                 self._add_table(SAMPLE_KEYS["prompt"], spec["prompt_bytes"], np.dtype("u1"))
 
-    def _table(self, key: str, width: int, dtype: np.dtype) -> Table:
+    def _table(self, key: str, width: int, dtype: np.dtype, logical: str | None = None) -> Table:
         codec = BlockCodec(self._codec_name, dtype, checksum=self._be.checksums)
-        return Table(key, width, np.dtype(dtype), codec, self._chunk_rows, self._block_rows)
+        if self.config.nonfinite == "allow":
+            logical = None
+        table = Table(key, width, np.dtype(dtype), codec, self._chunk_rows, self._block_rows, logical=logical)
+        table.nonfinite_full = int(self._meta["commit"].get("nonfinite", {}).get(key, 0))
+        return table
 
-    def _add_table(self, key: str, width: int, dtype: np.dtype) -> None:
-        table = self._table(key, width, dtype)
+    def _add_table(self, key: str, width: int, dtype: np.dtype, logical: str | None = None) -> None:
+        table = self._table(key, width, dtype, logical)
         self._be.create_array(key, width, table.dtype, table.codec, self._chunk_rows, self._block_rows)
         self._tables[key] = table
 
@@ -457,7 +481,7 @@ class StoreWriter:
     def _submit(self, job: ChunkJob) -> None:
         table = self._tables[job.key]
         blocks = [
-            self._pool.submit(encode_block, job, table.codec, b, self._block_rows) for b in range(table.n_blocks)
+            self._pool.submit(encode_block, job, table, b) for b in range(table.n_blocks)
         ]
         durable = self.config.durable
 
@@ -508,6 +532,7 @@ class StoreWriter:
             "conds": dict(mark["conds"]),
             "samples": int(mark["samples"]),
             "progress": mark["progress"],
+            "nonfinite": {k: t.nonfinite for k, t in self._tables.items() if t.logical and t.nonfinite},
         }
         self._be.write_meta(self._meta, durable=self.config.durable)
         self._pending_mark = None
@@ -516,13 +541,16 @@ class StoreWriter:
     # ------------------------------------------------------------------------------------------- resume
     def _load_resume_state(self) -> None:
         commit = self._meta["commit"]
-        groups: list[tuple[list[tuple[str, int, np.dtype]], int]] = []
+        groups: list[tuple[list[tuple[Any, ...]], int]] = []
         for role, spec in self._meta["roles"].items():
             tabs = [(rows_key(role), len(spec["columns"]), np.dtype("<i8"))]
-            tabs += [(acts_key(role, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1]) for e in spec["layers"]]
+            tabs += [(acts_key(role, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1], e["dtype"]) for e in spec["layers"]]
             groups.append((tabs, int(commit["roles"].get(role, 0))))
         for name, spec in self._meta["conds"].items():
-            tabs = [(cond_rows_key(name), 2, np.dtype("<i8")), (cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1])]
+            tabs = [
+                (cond_rows_key(name), 2, np.dtype("<i8")),
+                (cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1], spec["dtype"]),
+            ]
             groups.append((tabs, int(commit["conds"].get(name, 0))))
         samples = self._meta["samples"]
         if samples is not None:
@@ -535,8 +563,8 @@ class StoreWriter:
                 tabs.append((SAMPLE_KEYS["prompt"], samples["prompt_bytes"], np.dtype("u1")))
             groups.append((tabs, int(commit["samples"])))
         for tabs, n in groups:
-            for key, width, dtype in tabs:
-                table = self._table(key, width, dtype)
+            for key, width, dtype, *logical in tabs:
+                table = self._table(key, width, dtype, *logical)
                 table.n_rows = n
                 fill = n % self._chunk_rows
                 if fill:

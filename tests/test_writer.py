@@ -169,3 +169,27 @@ def test_bad_backend_and_attrs(tmp_path: Path) -> None:
         actstore.create(tmp_path / "x", backend="s4")
     with pytest.raises(SchemaMismatchError, match="JSON"):
         actstore.create(tmp_path / "y.zarr", attrs={"f": object()})
+
+
+def test_nonfinite_counted_and_warned(store_path: Path) -> None:
+    a = torch.randn(100, 8).to(torch.bfloat16)
+    a[3, 2] = float("nan")
+    a[50, 1] = float("-inf")
+    with pytest.warns(RuntimeWarning, match="NaN/Inf"), actstore.create(store_path, chunk_rows=32, block_rows=8) as w:
+        w.append("r", rows=_rows(60), acts={0: a[:60], 1: a[:60].float()})
+        w.flush()
+        w.append("r", rows=_rows(40, 60), acts={0: a[60:], 1: a[60:].float()})
+    with ActStore.open(store_path) as store:
+        assert store.commit["nonfinite"] == {"acts/r/0": 2, "acts/r/1": 2}
+        assert torch.equal(store[0, "r"][:].view(torch.uint16), a.view(torch.uint16))  # stored as they are
+
+
+def test_nonfinite_reject_writes_nothing(store_path: Path) -> None:
+    bad = torch.zeros(4, 3)
+    bad[1, 1] = float("inf")
+    with actstore.create(store_path, nonfinite="reject") as w:
+        w.append("r", rows=_rows(2), acts={0: torch.ones(2, 3)})
+        with pytest.raises(SchemaMismatchError, match="1 NaN/Inf values; refused"):
+            w.append("r", rows=_rows(4, 2), acts={0: bad})
+    with ActStore.open(store_path) as store:
+        assert len(store[0, "r"]) == 2

@@ -100,26 +100,160 @@ class FileLock:
 # ---------------------------------------------------------------------------------------------------- zarr
 
 
-class ZarrDirBackend(Backend):
-    """A Zarr v3 hierarchy in a local directory."""
+def _array_doc(width: int, dtype: np.dtype, codec: BlockCodec, chunk_rows: int, block_rows: int) -> dict[str, Any]:
+    """The zarr.json of one of our arrays: rows x width, sharded into chunks of blocks (see ``_codec``)."""
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [0, width],
+        "data_type": np.dtype(dtype).name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, width]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": [block_rows, width],
+                    "codecs": codec.zarr_codecs(),
+                    "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+                    "index_location": "end",
+                },
+            }
+        ],
+        "attributes": {},
+        "storage_transformers": [],
+    }
+
+
+class ZarrBackend(Backend):
+    """A Zarr v3 hierarchy over a key-value store; subclasses supply the five byte-level primitives."""
 
     checksums = True
 
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._groups: set[str] = set()
+        self._shapes: dict[str, dict[str, Any]] = {}
+
+    # -- primitives
+    @abstractmethod
+    def _get(self, rel: str) -> bytes | None:
+        """The whole object, or None when absent."""
+
+    @abstractmethod
+    def _get_tail(self, rel: str, n: int) -> tuple[bytes, int] | None:
+        """The last ``n`` bytes and the object's size, or None when absent."""
+
+    @abstractmethod
+    def _get_range(self, rel: str, start: int, n: int) -> bytes:
+        """``n`` bytes from ``start``."""
+
+    @abstractmethod
+    def _put(self, rel: str, data: bytes, *, durable: bool) -> None:
+        """Write the object atomically (readers see the old or the new bytes, never a mix)."""
+
+    # -- metadata
+    def _ensure_groups(self, key: str) -> None:
+        parts = key.split("/")[:-1]
+        for i in range(len(parts)):
+            group = "/".join(parts[: i + 1])
+            if group in self._groups:
+                continue
+            if self._get(f"{group}/zarr.json") is None:
+                doc = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+                self._put(f"{group}/zarr.json", json.dumps(doc).encode(), durable=False)
+            self._groups.add(group)
+
+    def read_meta(self) -> Any:
+        raw = self._get("zarr.json")
+        if raw is None:
+            raise NotAStoreError(f"{self.path} is not an actstore store: it has no zarr.json")
+        if len(raw) > _MAX_META_BYTES:
+            raise CorruptStoreError(f"{self.path}/zarr.json is {len(raw)} bytes, more than any actstore metadata")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise CorruptStoreError(f"{self.path}/zarr.json is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("attributes"), dict):
+            raise NotAStoreError(f"{self.path} is a zarr node without attributes, not an actstore store")
+        if META_KEY not in doc["attributes"]:
+            raise NotAStoreError(f"{self.path} is a zarr group but not an actstore store (no {META_KEY!r} attribute)")
+        return doc["attributes"][META_KEY]
+
+    def write_meta(self, meta: dict[str, Any], *, durable: bool) -> None:
+        doc = {"zarr_format": 3, "node_type": "group", "attributes": {META_KEY: meta}}
+        self._put("zarr.json", json.dumps(doc, indent=1).encode(), durable=durable)
+
+    # -- arrays
+    def create_array(
+        self, key: str, width: int, dtype: np.dtype, codec: BlockCodec, chunk_rows: int, block_rows: int
+    ) -> None:
+        self._ensure_groups(key)
+        doc = _array_doc(width, dtype, codec, chunk_rows, block_rows)
+        self._put(f"{key}/zarr.json", json.dumps(doc, indent=1).encode(), durable=False)
+        self._shapes[key] = doc
+
+    def set_rows(self, key: str, n_rows: int) -> None:
+        doc = self._shapes.get(key)
+        if doc is None:
+            raw = self._get(f"{key}/zarr.json")
+            if raw is None:
+                raise CorruptStoreError(f"{self.path} has no array {key!r} although its metadata declares it")
+            doc = self._shapes[key] = json.loads(raw)
+        if doc["shape"][0] != n_rows:
+            doc["shape"][0] = n_rows
+            self._put(f"{key}/zarr.json", json.dumps(doc, indent=1).encode(), durable=False)
+
+    @staticmethod
+    def _chunk_key(key: str, chunk: int) -> str:
+        return f"{key}/c/{chunk}/0"
+
+    def write_chunk(self, key: str, chunk: int, blocks: list[bytes | None], *, durable: bool) -> None:
+        self._put(self._chunk_key(key, chunk), join_shard(blocks), durable=durable)
+
+    def read_chunk(self, key: str, chunk: int, n_blocks: int) -> list[memoryview | bytes | None]:
+        where = f"chunk {chunk} of {key} in {self.path}"
+        data = self._get(self._chunk_key(key, chunk))
+        if data is None:
+            raise CorruptStoreError(f"{where} is missing although the commit record covers it")
+        return list(split_shard(data, n_blocks, where=where))
+
+    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
+        chunk, inner = divmod(block, n_blocks_per_chunk)
+        where = f"chunk {chunk} of {key} in {self.path}"
+        isize = index_size(n_blocks_per_chunk)
+        got = self._get_tail(self._chunk_key(key, chunk), isize)
+        if got is None:
+            raise CorruptStoreError(f"{where} is missing although the commit record covers it")
+        tail, size = got
+        if size < isize or len(tail) != isize:
+            raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
+        entry = parse_index(tail, n_blocks_per_chunk, size - isize, where=where)[inner]
+        if entry is None:
+            return None
+        data = self._get_range(self._chunk_key(key, chunk), entry[0], entry[1])
+        if len(data) != entry[1]:
+            raise CorruptStoreError(f"{where} is truncated: block {inner} reads {len(data)} of {entry[1]} bytes")
+        return data
+
+
+class ZarrDirBackend(ZarrBackend):
+    """A Zarr v3 hierarchy in a local directory, read and written with plain file I/O."""
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(path)
+        super().__init__(str(path))
         self.root = Path(path)
         self._lock: FileLock | None = None
-        self._groups: set[str] = set()
 
-    # -- lifecycle
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, overwrite: bool) -> ZarrDirBackend:
         root = Path(path)
         if root.exists():
             if not overwrite:
                 raise StoreExistsError(f"{root} already exists; pass resume=True to append or overwrite=True to replace it")
-            if (root / "zarr.json").exists() or not any(root.iterdir()):
-                shutil.rmtree(root) if root.is_dir() else root.unlink()
+            if (root / "zarr.json").exists() or (root.is_dir() and not any(root.iterdir())):
+                shutil.rmtree(root)
             else:
                 raise StoreExistsError(f"{root} exists and is not an actstore store; refusing to delete it")
         root.mkdir(parents=True)
@@ -133,8 +267,31 @@ class ZarrDirBackend(Backend):
             self._lock.release()
             self._lock = None
 
-    # -- files
-    def _write_atomic(self, rel: str, data: bytes, *, durable: bool) -> None:
+    def _get(self, rel: str) -> bytes | None:
+        try:
+            return (self.root / rel).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def _get_tail(self, rel: str, n: int) -> tuple[bytes, int] | None:
+        try:
+            fd = os.open(self.root / rel, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            return os.pread(fd, n, max(0, size - n)), size
+        finally:
+            os.close(fd)
+
+    def _get_range(self, rel: str, start: int, n: int) -> bytes:
+        fd = os.open(self.root / rel, os.O_RDONLY)
+        try:
+            return os.pread(fd, n, start)
+        finally:
+            os.close(fd)
+
+    def _put(self, rel: str, data: bytes, *, durable: bool) -> None:
         target = self.root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
@@ -151,130 +308,36 @@ class ZarrDirBackend(Backend):
             finally:
                 os.close(dfd)
 
-    def _doc(self, rel: str) -> dict[str, Any]:
-        return json.loads((self.root / rel / "zarr.json").read_text())
-
-    def _ensure_groups(self, key: str) -> None:
-        parts = key.split("/")[:-1]
-        for i in range(len(parts)):
-            group = "/".join(parts[: i + 1])
-            if group in self._groups:
-                continue
-            if not (self.root / group / "zarr.json").exists():
-                doc = {"zarr_format": 3, "node_type": "group", "attributes": {}}
-                self._write_atomic(f"{group}/zarr.json", json.dumps(doc).encode(), durable=False)
-            self._groups.add(group)
-
-    # -- metadata
-    def read_meta(self) -> Any:
-        doc_path = self.root / "zarr.json"
-        if not self.root.exists():
-            raise NotAStoreError(f"no store at {self.path}: the path does not exist")
-        if not doc_path.is_file():
-            raise NotAStoreError(f"{self.path} is not an actstore store: it has no zarr.json")
-        raw = doc_path.read_bytes()
-        if len(raw) > _MAX_META_BYTES:
-            raise CorruptStoreError(f"{doc_path} is {len(raw)} bytes, more than any actstore metadata")
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptStoreError(f"{doc_path} is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("attributes"), dict):
-            raise NotAStoreError(f"{self.path} is a zarr node without attributes, not an actstore store")
-        if META_KEY not in doc["attributes"]:
-            raise NotAStoreError(f"{self.path} is a zarr group but not an actstore store (no {META_KEY!r} attribute)")
-        return doc["attributes"][META_KEY]
-
-    def write_meta(self, meta: dict[str, Any], *, durable: bool) -> None:
-        doc = {"zarr_format": 3, "node_type": "group", "attributes": {META_KEY: meta}}
-        self._write_atomic("zarr.json", json.dumps(doc, indent=1).encode(), durable=durable)
-
-    # -- arrays
-    def create_array(
-        self, key: str, width: int, dtype: np.dtype, codec: BlockCodec, chunk_rows: int, block_rows: int
-    ) -> None:
-        self._ensure_groups(key)
-        doc = {
-            "zarr_format": 3,
-            "node_type": "array",
-            "shape": [0, width],
-            "data_type": np.dtype(dtype).name,
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, width]}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": 0,
-            "codecs": [
-                {
-                    "name": "sharding_indexed",
-                    "configuration": {
-                        "chunk_shape": [block_rows, width],
-                        "codecs": codec.zarr_codecs(),
-                        "index_codecs": [
-                            {"name": "bytes", "configuration": {"endian": "little"}},
-                            {"name": "crc32c"},
-                        ],
-                        "index_location": "end",
-                    },
-                }
-            ],
-            "attributes": {},
-            "storage_transformers": [],
-        }
-        self._write_atomic(f"{key}/zarr.json", json.dumps(doc, indent=1).encode(), durable=False)
-
-    def set_rows(self, key: str, n_rows: int) -> None:
-        doc = self._doc(key)
-        if doc["shape"][0] != n_rows:
-            doc["shape"][0] = n_rows
-            self._write_atomic(f"{key}/zarr.json", json.dumps(doc, indent=1).encode(), durable=False)
-
-    def _chunk_path(self, key: str, chunk: int) -> Path:
-        return self.root / key / "c" / str(chunk) / "0"
-
-    def write_chunk(self, key: str, chunk: int, blocks: list[bytes | None], *, durable: bool) -> None:
-        self._write_atomic(f"{key}/c/{chunk}/0", join_shard(blocks), durable=durable)
-
-    def read_chunk(self, key: str, chunk: int, n_blocks: int) -> list[memoryview | bytes | None]:
-        where = f"chunk {chunk} of {key} in {self.path}"
-        try:
-            data = self._chunk_path(key, chunk).read_bytes()
-        except FileNotFoundError:
-            raise CorruptStoreError(f"{where} is missing although the commit record covers it") from None
-        return list(split_shard(data, n_blocks, where=where))
-
-    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
-        chunk, inner = divmod(block, n_blocks_per_chunk)
-        where = f"chunk {chunk} of {key} in {self.path}"
-        try:
-            fd = os.open(self._chunk_path(key, chunk), os.O_RDONLY)
-        except FileNotFoundError:
-            raise CorruptStoreError(f"{where} is missing although the commit record covers it") from None
-        try:
-            size = os.fstat(fd).st_size
-            isize = index_size(n_blocks_per_chunk)
-            if size < isize:
-                raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its index")
-            entries = parse_index(os.pread(fd, isize, size - isize), n_blocks_per_chunk, size - isize, where=where)
-            entry = entries[inner]
-            return None if entry is None else os.pread(fd, entry[1], entry[0])
-        finally:
-            os.close(fd)
-
-
     def stored_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def create_backend(path: str | os.PathLike[str], backend: str, *, overwrite: bool) -> Backend:
-    """A new, empty store of the given backend at ``path``."""
+def create_backend(
+    path: str | os.PathLike[str], backend: str, *, overwrite: bool, storage_options: dict[str, Any] | None = None
+) -> Backend:
+    """A new, empty store of the given backend at ``path`` (a local path or, for zarr, a URL)."""
+    from ._remote import ZarrRemoteBackend, is_url
+
     if backend == "hdf5":
         from ._h5 import H5Backend
 
         return H5Backend.create(path, overwrite=overwrite)
-    return ZarrDirBackend.create(path, overwrite=overwrite)
+    if is_url(path):
+        return ZarrRemoteBackend.create(str(path), overwrite=overwrite, storage_options=storage_options)
+    return ZarrDirBackend.create(_local(path), overwrite=overwrite)
 
 
-def open_backend(path: str | os.PathLike[str], backend: str, *, writable: bool) -> Backend:
+def open_backend(
+    path: str | os.PathLike[str], backend: str, *, writable: bool, storage_options: dict[str, Any] | None = None
+) -> Backend:
     """An existing store; raises :class:`NotAStoreError` when there is none."""
+    from ._remote import ZarrRemoteBackend, is_url
+
+    if is_url(path):
+        if backend == "hdf5":
+            raise NotAStoreError(f"HDF5 stores must be local files, got the URL {path}")
+        return ZarrRemoteBackend(str(path), storage_options=storage_options, read_only=not writable)
+    path = _local(path)
     if not Path(path).exists():
         raise NotAStoreError(f"no store at {path}: the path does not exist")
     if backend == "hdf5":
@@ -284,3 +347,17 @@ def open_backend(path: str | os.PathLike[str], backend: str, *, writable: bool) 
     if not Path(path).is_dir():
         raise NotAStoreError(f"{path} is a file, not a Zarr store directory (HDF5 stores end in .h5)")
     return ZarrDirBackend(path)
+
+
+def store_exists(path: str | os.PathLike[str], backend: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``path`` holds a store's root (for ``create(resume=True)``)."""
+    from ._remote import ZarrRemoteBackend, is_url
+
+    if is_url(path):
+        return ZarrRemoteBackend(str(path), storage_options=storage_options, read_only=True)._get("zarr.json") is not None
+    return Path(_local(path)).exists()
+
+
+def _local(path: str | os.PathLike[str]) -> str:
+    text = str(path)
+    return text[len("file://") :] if text.startswith("file://") else text

@@ -35,19 +35,28 @@ class ActStore:
     """A read-only view of a store. ``ActStore.open(path)``; index with ``store[layer, role]`` or
     ``store[layer, role, step]``."""
 
-    def __init__(self, backend: Backend, *, cache_bytes: int) -> None:
+    def __init__(self, backend: Backend, *, cache_bytes: int, storage_options: dict[str, Any] | None = None) -> None:
         self._be = backend
+        self.storage_options = storage_options
         self.path = backend.path
         self._cache = BlockCache(cache_bytes)
         self._load()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, backend: str | None = None, cache_bytes: int = 256 << 20) -> ActStore:
-        """Open a store (Zarr directory or ``.h5`` file) read-only."""
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        backend: str | None = None,
+        cache_bytes: int = 256 << 20,
+        storage_options: dict[str, Any] | None = None,
+    ) -> ActStore:
+        """Open a store read-only: a Zarr directory, a ``.h5`` file, or a URL (``s3://...``; ``storage_options``
+        go to fsspec)."""
         kind = backend or detect_backend(path)
-        be = open_backend(path, kind, writable=False)
+        be = open_backend(path, kind, writable=False, storage_options=storage_options)
         try:
-            return cls(be, cache_bytes=cache_bytes)
+            return cls(be, cache_bytes=cache_bytes, storage_options=storage_options)
         except BaseException:
             be.close()
             raise

@@ -141,6 +141,18 @@ class ActView:
         table = self.store.rows(self.role)
         return table if self._rows is None else {k: v[self._rows] for k, v in table.items()}
 
+    def to_dask(self, *, dtype: str = "float32", chunk_rows: int | None = None) -> Any:
+        """The rows as a lazy ``dask.array`` (one task per store chunk) for out-of-core analysis; needs dask."""
+        from ._dask import to_dask
+
+        return to_dask(self, dtype=dtype, chunk_rows=chunk_rows)
+
+    def to_xarray(self, **kwargs: Any) -> Any:
+        """An ``xarray.DataArray`` over :meth:`to_dask` with ``sample``/``step``/``position`` coordinates."""
+        from ._dask import to_xarray
+
+        return to_xarray(self, **kwargs)
+
     def filter(self, mask_or_index: np.ndarray, label: str = "") -> ActView:
         """A sub-view of the rows selected by a boolean mask or index array over this view."""
         idx = normalize_index(mask_or_index, len(self))

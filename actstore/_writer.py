@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._backend import Backend, create_backend, detect_backend, open_backend
+from ._backend import Backend, create_backend, detect_backend, open_backend, store_exists
 from ._codec import BlockCodec
 from ._config import StoreConfig
 from ._errors import ActStoreError, SchemaMismatchError, WriterClosedError, WriterFailedError
@@ -88,12 +88,14 @@ def create(
     backend: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> StoreWriter:
     """Open a writer on a new store, or (``resume=True``) append after an existing store's committed rows.
 
     ``backend`` is ``"zarr"`` or ``"hdf5"`` (default: from the suffix, ``.h5`` means HDF5). Keyword ``overrides``
-    replace fields of ``config`` (``codec="zstd"``, ``chunk_rows=8192``, ...).
+    replace fields of ``config`` (``codec="zstd"``, ``chunk_rows=8192``, ...). ``path`` may be a URL
+    (``s3://bucket/run.zarr``); ``storage_options`` go to fsspec (endpoint, credentials).
     """
     cfg = dataclasses.replace(config or StoreConfig(), **overrides) if overrides else (config or StoreConfig())
     kind = backend or detect_backend(path)
@@ -104,8 +106,8 @@ def create(
         json.dumps(attrs)
     except (TypeError, ValueError) as exc:
         raise SchemaMismatchError(f"attrs must be JSON-serialisable: {exc}") from None
-    if resume and os.path.exists(path):
-        be = open_backend(path, kind, writable=True)
+    if resume and store_exists(path, kind, storage_options):
+        be = open_backend(path, kind, writable=True, storage_options=storage_options)
         try:
             be.lock()
             meta = validate_metadata(be.read_meta(), str(path))
@@ -115,7 +117,7 @@ def create(
         if attrs:
             meta["attrs"] = {**meta["attrs"], **attrs}
         return StoreWriter(be, meta, cfg, resumed=True)
-    be = create_backend(path, kind, overwrite=overwrite)
+    be = create_backend(path, kind, overwrite=overwrite, storage_options=storage_options)
     try:
         be.lock()
         layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.block_rows}

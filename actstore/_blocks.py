@@ -32,18 +32,18 @@ class BlockCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._data: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._data: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int]) -> np.ndarray | None:
+    def get(self, key: tuple[str, str, int]) -> np.ndarray | None:
         with self._lock:
             arr = self._data.get(key)
             if arr is not None:
                 self._data.move_to_end(key)
             return arr
 
-    def put(self, key: tuple[str, int], arr: np.ndarray) -> None:
+    def put(self, key: tuple[str, str, int], arr: np.ndarray) -> None:
         if arr.nbytes > self.max_bytes:
             return
         with self._lock:
@@ -105,12 +105,12 @@ class ArrayReader:
 
     def block(self, block: int) -> np.ndarray:
         """One decoded block (cached)."""
-        hit = self.cache.get((self.key, block))
+        hit = self.cache.get((self.backend.path, self.key, block))
         if hit is not None:
             return hit
         out = np.empty((self.block_rows, self.width), dtype=self.dtype)
         self._fetch_block(block, out)
-        self.cache.put((self.key, block), out)
+        self.cache.put((self.backend.path, self.key, block), out)
         return out
 
     def read_chunk_into(self, chunk: int, out: np.ndarray, parallel: bool = True) -> None:
@@ -183,4 +183,35 @@ class ArrayReader:
 
         for f in [decode_pool().submit(work, j) for j in range(uniq.size)]:
             f.result()
+        return out
+
+
+class ConcatReader:
+    """Several :class:`ArrayReader` (the parts of a multi-process store) read as one array, in order."""
+
+    def __init__(self, parts: list[ArrayReader], width: int, dtype: np.dtype, chunk_rows: int) -> None:
+        self.parts = parts
+        self.width = width
+        self.dtype = np.dtype(dtype)
+        self.chunk_rows = chunk_rows
+        self.block_rows = parts[0].block_rows if parts else chunk_rows
+        self.key = parts[0].key if parts else ""
+        self.offsets = np.cumsum([0] + [p.n_rows for p in parts]).astype(np.int64)
+        self.n_rows = int(self.offsets[-1])
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((max(0, stop - start), self.width), dtype=self.dtype)
+        for p, part in enumerate(self.parts):
+            lo, hi = max(start, int(self.offsets[p])), min(stop, int(self.offsets[p + 1]))
+            if lo < hi:
+                out[lo - start : hi - start] = part.read_range(lo - int(self.offsets[p]), hi - int(self.offsets[p]))
+        return out
+
+    def read_rows(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((idx.shape[0], self.width), dtype=self.dtype)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        for p, part in enumerate(self.parts):
+            sel = np.nonzero(which == p)[0]
+            if sel.size:
+                out[sel] = part.read_rows(idx[sel] - self.offsets[p])
         return out

@@ -189,6 +189,8 @@ def validate_metadata(meta: object, path: str) -> dict[str, Any]:
     for name, spec in meta["conds"].items():
         _check_name_in(name, "cond", path)
         _check_width_entry(spec, path, f"cond {name!r}")
+    parts = meta.get("parts")
+    _expect(parts is None or (_is_count(parts) and 0 < parts <= 100_000), path, "parts must be a positive int")
     samples = meta.get("samples")
     if samples is not None:
         _expect(isinstance(samples, dict), path, "samples must be an object or null")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ._backend import Backend, detect_backend, open_backend
-from ._blocks import ArrayReader, BlockCache
+from ._blocks import ArrayReader, BlockCache, ConcatReader
 from ._codec import BlockCodec
 from ._errors import CorruptStoreError, StoreIndexError, UnknownKeyError
 from ._format import (
@@ -24,6 +24,7 @@ from ._format import (
     rows_key,
     validate_metadata,
 )
+from ._parts import merge_metadata, open_parts
 from ._view import ActView
 
 __all__ = ["ActStore"]
@@ -62,7 +63,14 @@ class ActStore:
             raise
 
     def _load(self) -> None:
-        self.meta: dict[str, Any] = validate_metadata(self._be.read_meta(), self.path)
+        meta = validate_metadata(self._be.read_meta(), self.path)
+        for be, _ in getattr(self, "_parts", []):
+            be.close()
+        self._parts: list[tuple[Backend, dict[str, Any]]] = []
+        if meta.get("parts"):
+            self._parts = open_parts(self.path, int(meta["parts"]), self.storage_options)
+            meta = merge_metadata(meta, [m for _, m in self._parts], self.path)
+        self.meta: dict[str, Any] = meta
         layout = self.meta["layout"]
         self._chunk_rows = int(layout["chunk_rows"])
         self._block_rows = int(layout["block_rows"])
@@ -77,6 +85,8 @@ class ActStore:
         return self
 
     def close(self) -> None:
+        for be, _ in self._parts:
+            be.close()
         self._be.close()
 
     def __enter__(self) -> ActStore:
@@ -160,10 +170,30 @@ class ActStore:
     def _reader(self, key: str, width: int, dtype: np.dtype, n_rows: int) -> ArrayReader:
         r = self._readers.get(key)
         if r is None:
-            codec = BlockCodec(self.meta["layout"]["codec"], dtype, checksum=self._be.checksums)
-            r = ArrayReader(self._be, key, width, dtype, codec, self._chunk_rows, self._block_rows, n_rows, self._cache)
+            if self._parts:
+                r = self._concat_reader(key, width, dtype)
+            else:
+                r = self._array_reader(self._be, self.meta, key, width, dtype, n_rows)
             self._readers[key] = r
         return r
+
+    def _array_reader(self, be: Backend, meta: dict[str, Any], key: str, width: int, dtype: np.dtype,
+                      n_rows: int) -> ArrayReader:
+        layout = meta["layout"]
+        codec = BlockCodec(layout["codec"], dtype, checksum=be.checksums)
+        return ArrayReader(be, key, width, dtype, codec, int(layout["chunk_rows"]), int(layout["block_rows"]),
+                           n_rows, self._cache)
+
+    def _concat_reader(self, key: str, width: int, dtype: np.dtype) -> Any:
+        kind, _, rest = key.partition("/")
+        name = rest.split("/")[0]
+        readers = []
+        for be, meta in self._parts:
+            c = meta["commit"]
+            n = c["samples"] if kind == "samples" else c["conds" if kind == "cond" else "roles"].get(name, 0)
+            if n:
+                readers.append(self._array_reader(be, meta, key, width, dtype, int(n)))
+        return ConcatReader(readers, width, dtype, self._chunk_rows)
 
     def _read_all(self, key: str, width: int, dtype: np.dtype, n_rows: int) -> np.ndarray:
         return self._reader(key, width, dtype, n_rows).read_range(0, n_rows)

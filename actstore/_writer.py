@@ -41,6 +41,7 @@ from ._format import (
     rows_key,
     validate_metadata,
 )
+from ._parts import ensure_root, parse_part, part_path
 from ._schema import COND_REQUIRED, ROLE_REQUIRED, as_index_column, check_acts, row_matrix
 from ._tables import ChunkJob, Table, count_nonfinite, encode_block
 
@@ -89,13 +90,15 @@ def create(
     resume: bool = False,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
+    part: str | tuple[int, int] | None = None,
     **overrides: Any,
 ) -> StoreWriter:
     """Open a writer on a new store, or (``resume=True``) append after an existing store's committed rows.
 
     ``backend`` is ``"zarr"`` or ``"hdf5"`` (default: from the suffix, ``.h5`` means HDF5). Keyword ``overrides``
     replace fields of ``config`` (``codec="zstd"``, ``chunk_rows=8192``, ...). ``path`` may be a URL
-    (``s3://bucket/run.zarr``); ``storage_options`` go to fsspec (endpoint, credentials).
+    (``s3://bucket/run.zarr``); ``storage_options`` go to fsspec (endpoint, credentials). ``part="i/N"`` (or
+    ``(i, N)``) writes part ``i`` of a store that ``N`` processes write at once (Zarr only; see ``_parts``).
     """
     cfg = dataclasses.replace(config or StoreConfig(), **overrides) if overrides else (config or StoreConfig())
     kind = backend or detect_backend(path)
@@ -106,6 +109,13 @@ def create(
         json.dumps(attrs)
     except (TypeError, ValueError) as exc:
         raise SchemaMismatchError(f"attrs must be JSON-serialisable: {exc}") from None
+    if part is not None:
+        i, n = parse_part(part)
+        if kind != "zarr":
+            raise SchemaMismatchError(f"parts need the zarr backend (one HDF5 file has one writer), got {kind!r}")
+        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.block_rows}
+        ensure_root(str(path), n, attrs, layout, f"actstore {__version__}", storage_options)
+        path = part_path(path, i)
     if resume and store_exists(path, kind, storage_options):
         be = open_backend(path, kind, writable=True, storage_options=storage_options)
         try:

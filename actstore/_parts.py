@@ -1,0 +1,120 @@
+"""Stores written by several processes at once: one independent, resumable sub-store per part, one view on read.
+
+``create(path, part=(i, n))`` writes part ``i`` of ``n`` into ``{path}/parts/{i:05d}`` (an ordinary store with its
+own commit record and lock) and makes sure ``{path}`` holds a root whose metadata says ``"parts": n``. Readers
+opening ``path`` see the parts concatenated in part order (a deterministic row order); the schemas of the parts
+must agree and sample ids must be unique across parts.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from ._backend import Backend, ZarrDirBackend, open_backend
+from ._errors import CorruptStoreError, SchemaMismatchError
+from ._format import new_metadata, validate_metadata
+
+__all__ = ["ensure_root", "merge_metadata", "parse_part", "part_path"]
+
+
+def parse_part(part: str | tuple[int, int]) -> tuple[int, int]:
+    """``"i/N"`` or ``(i, N)`` -> ``(i, N)`` with ``0 <= i < N``."""
+    try:
+        if isinstance(part, str):
+            i_text, n_text = part.split("/")
+            i, n = int(i_text), int(n_text)
+        else:
+            i, n = (int(x) for x in part)
+    except (ValueError, TypeError):
+        raise SchemaMismatchError(f"part must be 'i/N' or (i, N), got {part!r}") from None
+    if not 0 <= i < n:
+        raise SchemaMismatchError(f"part {i}/{n} is out of range: i must be in [0, {n})")
+    return i, n
+
+
+def part_path(root: str | os.PathLike[str], i: int) -> str:
+    return f"{str(root).rstrip('/')}/parts/{i:05d}"
+
+
+def _root_backend(root: str, storage_options: dict[str, Any] | None) -> Backend:
+    from ._remote import ZarrRemoteBackend, is_url
+
+    if is_url(root):
+        return ZarrRemoteBackend(root, storage_options=storage_options, read_only=False)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return ZarrDirBackend(root)
+
+
+def ensure_root(
+    root: str, n: int, attrs: dict[str, Any], layout: dict[str, Any], library: str,
+    storage_options: dict[str, Any] | None,
+) -> None:
+    """Create the root of an ``n``-part store, or check that the existing root agrees."""
+    be = _root_backend(root, storage_options)
+    try:
+        try:
+            meta = validate_metadata(be.read_meta(), root)
+        except FileNotFoundError:
+            meta = None
+        if meta is None:
+            meta = new_metadata(attrs, layout, library)
+            meta["parts"] = n
+            be.write_meta(meta, durable=False)  # racing parts write the same document; the last one wins
+        elif meta.get("parts") != n:
+            have = meta.get("parts")
+            raise SchemaMismatchError(
+                f"{root} is " + ("a single-part store" if have is None else f"a store of {have} parts")
+                + f"; cannot write part of {n}"
+            )
+    finally:
+        be.close()
+
+
+def open_parts(root: str, n: int, storage_options: dict[str, Any] | None) -> list[tuple[Backend, dict[str, Any]]]:
+    """The parts that exist so far, in part order, each with its validated metadata."""
+    from ._remote import is_url
+
+    out = []
+    for i in range(n):
+        path = part_path(root, i)
+        if not is_url(path) and not Path(path).exists():
+            continue
+        try:
+            be = open_backend(path, "zarr", writable=False, storage_options=storage_options)
+            meta = validate_metadata(be.read_meta(), path)
+        except FileNotFoundError:  # a part that has not written its root yet
+            continue
+        out.append((be, meta))
+    return out
+
+
+def merge_metadata(root_meta: dict[str, Any], parts: list[dict[str, Any]], root: str) -> dict[str, Any]:
+    """One metadata document for the concatenation of ``parts`` (schemas must agree; counts add up)."""
+    merged = copy.deepcopy(root_meta)
+    commit = {"seq": 0, "time": None, "roles": {}, "conds": {}, "samples": 0, "progress": None, "parts": []}
+    for i, meta in enumerate(parts):
+        for kind in ("roles", "conds"):
+            for name, spec in meta[kind].items():
+                have = merged[kind].setdefault(name, spec)
+                if have != spec:
+                    raise CorruptStoreError(f"part {i} of {root} stores {kind[:-1]} {name!r} as {spec}, others as {have}")
+        if meta["samples"] is not None:
+            if merged["samples"] is None:
+                merged["samples"] = meta["samples"]
+            elif merged["samples"] != meta["samples"]:
+                raise CorruptStoreError(f"part {i} of {root} has a different samples table schema")
+        c = meta["commit"]
+        for kind in ("roles", "conds"):
+            for name, count in c[kind].items():
+                commit[kind][name] = commit[kind].get(name, 0) + count
+        commit["samples"] += c["samples"]
+        commit["seq"] += c["seq"]
+        commit["parts"].append({"seq": c["seq"], "time": c["time"], "progress": c.get("progress")})
+        for key, count in c.get("nonfinite", {}).items():
+            commit.setdefault("nonfinite", {})
+            commit["nonfinite"][key] = commit["nonfinite"].get(key, 0) + count
+    merged["commit"] = commit
+    return merged

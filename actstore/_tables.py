@@ -119,6 +119,16 @@ class Table:
         chunk = self.n_rows // self.chunk_rows
         return ChunkJob(self.key, chunk, self.buf, fill, self.encoded, final=False)
 
+    def rewind(self, n_rows: int) -> None:
+        """Forget rows ``>= n_rows`` that are still in the buffered chunk."""
+        self.n_rows = n_rows
+        first_dirty = (n_rows % self.chunk_rows) // self.block_rows
+        for i in range(first_dirty, len(self.encoded)):
+            self.encoded[i] = None
+        self.flushed_fill = -1  # the on-disk partial chunk may hold the forgotten rows: rewrite it
+        with self.lock:
+            self.nonfinite_partial = {}
+
     def load_partial(self, rows: np.ndarray) -> None:
         """On resume: the committed rows of the last, partly filled chunk."""
         self.buf = self._new_buffer()

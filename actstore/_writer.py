@@ -179,7 +179,10 @@ class StoreWriter:
         self._progress: dict[str, Any] | None = commit.get("progress")
         self.committed_progress: dict[str, Any] | None = commit.get("progress")
         """The ``progress`` of the last commit when the store was opened (resume from there)."""
+        self._last_mark: dict[str, Any] = self._snapshot()
         self._sample_ids: set[int] = set()
+        self._new_ids: list[int] = []
+        """Sample ids appended since the last mark (forgotten again by ``rollback``)."""
         # writer-thread state
         self._tables: dict[str, Table] = {}
         self._pool = ThreadPoolExecutor(max_workers=config.threads or os.cpu_count() or 2, thread_name_prefix="actstore-enc")
@@ -309,7 +312,9 @@ class StoreWriter:
                 "samples",
                 {"columns": columns, "prompt_len": prompt_len, "prompt_bytes": prompt_bytes, **given},
             )
-        self._sample_ids.update(int(s) for s in ids)
+        new = [int(s) for s in ids]
+        self._sample_ids.update(new)
+        self._new_ids.extend(new)
         self._put(("append", arrays, None), "samples", n)
 
     def commit(self, progress: Mapping[str, Any] | None = None) -> None:
@@ -321,7 +326,26 @@ class StoreWriter:
             except (TypeError, ValueError) as exc:
                 raise SchemaMismatchError(f"progress must be JSON-serialisable: {exc}") from None
             self._progress = dict(progress)
-        self._queue.put(("mark", self._snapshot(), None), 0, self._failed)
+        self._mark()
+
+    def rollback(self) -> None:
+        """Drop everything appended since the last mark (the last ``commit()``), e.g. after a failed batch."""
+        self._check_open()
+        snap = self._last_mark
+        for key in list(self._counts):
+            group = key[5:] if key.startswith(("role:", "cond:")) else key
+            kind = "roles" if key.startswith("role:") else "conds" if key.startswith("cond:") else None
+            self._counts[key] = snap["samples"] if kind is None else snap[kind].get(group, 0)
+        self._sample_ids.difference_update(self._new_ids)
+        self._new_ids.clear()
+        self._progress = snap["progress"]
+        self._queue.put(("rollback", snap, None), 0, self._failed)
+        self._raise_if_failed()
+
+    def _mark(self) -> None:
+        self._last_mark = self._snapshot()
+        self._new_ids.clear()
+        self._queue.put(("mark", self._last_mark, None), 0, self._failed)
 
     def flush(self) -> None:
         """Commit everything appended so far now and wait until it is on disk."""
@@ -399,7 +423,7 @@ class StoreWriter:
         self._raise_if_failed()
         self._counts[group] += n
         if self.config.autocommit:
-            self._queue.put(("mark", self._snapshot(), None), 0, self._failed)
+            self._mark()
 
     # ------------------------------------------------------------------------------- writer-thread side
     def _run(self) -> None:
@@ -423,6 +447,8 @@ class StoreWriter:
                 self._guard(self._do_append, payload, extra)
             elif kind == "declare":
                 self._guard(self._do_declare, *payload)
+            elif kind == "rollback":
+                self._guard(self._do_rollback, payload)
             elif kind == "mark":
                 self._pending_mark = payload
                 if time.monotonic() - self._last_commit >= self.config.commit_interval_s:
@@ -508,6 +534,29 @@ class StoreWriter:
             self._inflight.popleft().result()
         while self._inflight and self._inflight[0].done():
             self._inflight.popleft().result()
+
+    def _do_rollback(self, mark: dict[str, Any]) -> None:
+        self._drain()  # rows of earlier chunks are on disk before any is read back
+        for key, table in self._tables.items():
+            target = self._group_count(key, mark)
+            if table.n_rows <= target:
+                continue
+            start = table.n_rows - table.fill  # first row of the buffered chunk
+            if table.buf is not None and target >= start:
+                table.rewind(target)
+            else:
+                fill = target % self._chunk_rows
+                table.buf, table.encoded = None, []
+                table.n_rows = target
+                if fill:
+                    table.load_partial(self._read_rows(table, target - fill, fill))
+
+    def _group_count(self, key: str, mark: dict[str, Any]) -> int:
+        kind, _, rest = key.partition("/")
+        name = rest.split("/")[0]
+        if kind == "samples":
+            return int(mark["samples"])
+        return int(mark["conds" if kind == "cond" else "roles"].get(name, 0))
 
     def _drain(self) -> None:
         while self._inflight:

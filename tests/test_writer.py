@@ -193,3 +193,25 @@ def test_nonfinite_reject_writes_nothing(store_path: Path) -> None:
             w.append("r", rows=_rows(4, 2), acts={0: bad})
     with ActStore.open(store_path) as store:
         assert len(store[0, "r"]) == 2
+
+
+@pytest.mark.parametrize("n_first, n_bad", [(20, 7), (20, 50), (64, 64), (5, 200)])
+def test_rollback_forgets_the_failed_batch(store_path: Path, n_first: int, n_bad: int) -> None:
+    a = torch.randn(500, 4)
+    with actstore.create(store_path, autocommit=False, commit_interval_s=0, chunk_rows=16, block_rows=4) as w:
+        w.append_samples(np.arange(2))
+        w.append("r", rows=_rows(n_first), acts={0: a[:n_first]})
+        w.commit({"batches": 1})
+        w.flush()
+        w.append_samples(np.arange(2, 4))
+        w.append("r", rows=_rows(n_bad, 1000), acts={0: torch.full((n_bad, 4), 9.0)})
+        w.flush()  # the failed batch's rows may already be on disk ...
+        w.rollback()  # ... and are forgotten
+        w.append_samples(np.arange(2, 4))  # ids of the failed batch may be used again
+        w.append("r", rows=_rows(30, n_first), acts={0: a[n_first : n_first + 30]})
+        w.commit({"batches": 2})
+    with ActStore.open(store_path) as store:
+        assert torch.equal(store[0, "r"][:], a[: n_first + 30])
+        np.testing.assert_array_equal(store.rows("r")["sample"], np.arange(n_first + 30))
+        np.testing.assert_array_equal(store.samples()["sample"], np.arange(4))
+        assert store.commit["progress"] == {"batches": 2}

@@ -84,8 +84,16 @@ def render_summary(summary: dict[str, Any]) -> Any:
     ):
         head.add_row(f"[bold]{key}[/bold]", str(value))
     model = summary["attrs"].get("model")
-    if model is not None:
+    if isinstance(model, dict):
+        weights = "random weights" if model.get("random_weights") else f"checkpoint {model.get('checkpoint_path')}"
+        details = ", ".join(str(x) for x in (model.get("adapter"), model.get("dtype"), weights) if x)
+        head.add_row("[bold]model[/bold]", f"{model.get('class') or model.get('name')} ({details})")
+    elif model is not None:
         head.add_row("[bold]model[/bold]", str(model))
+    capture = summary["attrs"].get("capture")
+    if isinstance(capture, dict):
+        keys = ("layers", "roles", "num_steps", "batch_size", "cond", "source")
+        head.add_row("[bold]capture[/bold]", ", ".join(f"{k} {capture[k]}" for k in keys if capture.get(k) is not None))
     table = Table(title="activations", show_lines=False)
     for col in ("role", "layer", "rows", "d", "dtype", "steps", "samples", "raw"):
         table.add_column(col, justify="right" if col in ("rows", "d", "samples", "raw") else "left")

@@ -131,7 +131,8 @@ def capture_run(
                     "cond": "adarms" if adapter.cond_kwarg else None,
                     "source": batch_factory or "synthetic"},
     }
-    writer = actstore.create(str(path), attrs=attrs, codec=codec, backend=backend, resume=resume)
+    # one transaction per batch: a crash or a failed batch never leaves half a batch committed
+    writer = actstore.create(str(path), attrs=attrs, codec=codec, backend=backend, resume=resume, autocommit=False)
     with writer:
         done = (writer.committed_progress or {}).get("batches", 0) if resume else 0
         rec_cfg = RecorderConfig(cond_kwarg=adapter.cond_kwarg)
@@ -163,21 +164,14 @@ def _progress(total: int, initial: int, interval: float, quiet: bool):
 
 def _summary(path: Path, seconds: float, nbytes: int) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     import actstore
+    from actstore._info import render_summary, summarize
 
-    store = actstore.ActStore.open(str(path))
-    table = Table(title=f"{path}  ({nbytes / 1e9:.3f} GB in {seconds:.1f} s)")
-    for col in ("layer", "role", "rows", "width", "dtype", "steps"):
-        table.add_column(col, justify="right" if col in ("layer", "rows", "width") else "left")
-    for role in store.roles:
-        steps = sorted({int(s) for s in store.rows(role)["step"]})
-        for layer in store.layers:
-            view = store[layer, role]
-            table.add_row(str(layer), role, f"{view.shape[0]:,}", str(view.shape[1]), str(view.dtype),
-                          "none" if steps == [NO_STEP] else f"{steps[0]}..{steps[-1]}")
-    Console().print(table)
+    console = Console()
+    with actstore.ActStore.open(str(path)) as store:
+        console.print(render_summary(summarize(store)))
+    console.print(f"captured {nbytes / 1e9:.3f} GB in {seconds:.1f} s into {path}")
 
 
 def main() -> None:

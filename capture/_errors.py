@@ -14,7 +14,7 @@ except ImportError:  # pragma: no cover - only while actstore is incomplete
         """Root of every actstore / capture error."""
 
 
-__all__ = ["ActStoreError", "CaptureError", "SiteError", "ModelSpecError"]
+__all__ = ["ActStoreError", "CaptureConfigError", "CaptureError", "ModelSpecError", "SiteError"]
 
 
 class CaptureError(ActStoreError, RuntimeError):
@@ -27,3 +27,7 @@ class SiteError(ActStoreError, ValueError):
 
 class ModelSpecError(ActStoreError, ValueError):
     """A model name, factory spec or adapter option is not valid."""
+
+
+class CaptureConfigError(ActStoreError, ValueError):
+    """A capture configuration value outside its valid range."""

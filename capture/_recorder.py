@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._errors import CaptureError, SiteError
+from ._errors import ActStoreError, CaptureConfigError, CaptureError, SiteError
 from ._ring import BufferPool
 from ._sites import NO_STEP, BatchContext, Selection, Site
 
@@ -51,9 +51,9 @@ class RecorderConfig:
 
     def __post_init__(self) -> None:
         if self.buffer_bytes < 1:
-            raise ValueError(f"RecorderConfig.buffer_bytes must be >= 1, got {self.buffer_bytes}")
+            raise CaptureConfigError(f"RecorderConfig.buffer_bytes must be >= 1, got {self.buffer_bytes}")
         if not self.cond_name:
-            raise ValueError("RecorderConfig.cond_name must not be empty")
+            raise CaptureConfigError("RecorderConfig.cond_name must not be empty")
 
 
 @dataclass
@@ -104,12 +104,28 @@ class Recorder:
         self._open: dict[tuple[str | None, int], _Packet] = {}
         self._pending: deque[_Packet] = deque()
         self._cond_steps: set[int] = set()
+        self._seen: set[tuple[str, int, int]] = set()
         self._pool: BufferPool | None = None
         self._stream: Any = None
         self.rows_written = 0
         """Activation rows handed to the writer so far (summed over layers)."""
         self.bytes_written = 0
         """Bytes of activations and conditioning handed to the writer so far."""
+
+    @property
+    def backpressure_waits(self) -> int:
+        """How often a hook had to wait for a free host buffer (0 when the writer kept up)."""
+        return 0 if self._pool is None else self._pool.waits
+
+    def reserve(self, nbytes: int, count: int, *, pin: bool | None = None) -> None:
+        """Allocate ``count`` host buffers of ``nbytes`` now instead of during the first forwards.
+
+        ``pin`` defaults to whether CUDA is available (pinned buffers are what the CUDA path copies into).
+        """
+        if self._pool is None:
+            pin = torch.cuda.is_available() if pin is None else pin
+            self._pool = BufferPool(self.config.buffer_bytes, pin=pin)
+        self._pool.reserve(nbytes, count)
 
     # -- context management -------------------------------------------------------------------------------
 
@@ -149,7 +165,7 @@ class Recorder:
             raise CaptureError("Recorder.batch() used outside 'with Recorder(...)'")
         if self._ctx is not None:
             raise CaptureError("Recorder.batch() blocks cannot be nested")
-        self._ctx, self._calls, self._cond_steps = ctx, dict.fromkeys(self._sites_at, 0), set()
+        self._ctx, self._calls, self._cond_steps, self._seen = ctx, dict.fromkeys(self._sites_at, 0), set(), set()
         try:
             extra = {k: v.numpy() for k, v in ctx.extra.items()}
             self.writer.append_samples(
@@ -165,6 +181,8 @@ class Recorder:
             self.writer.commit(progress)
         except BaseException:
             self._abandon()
+            with suppress(ActStoreError):  # a failed writer reports itself on close; keep the original error
+                self.writer.rollback()  # the batch's rows already handed over are forgotten, not committed
             raise
         finally:
             self._ctx = None
@@ -199,14 +217,15 @@ class Recorder:
 
     def _capture(self, site: Site, step: int, acts_BTD: torch.Tensor, sel: Selection, ctx: BatchContext) -> None:
         key = (site.role, step)
+        if (site.role, step, site.layer) in self._seen:
+            raise CaptureError(f"layer {site.layer} (role {site.role!r}, step {step}) fired twice in one batch; "
+                               "run the model once per Recorder.batch()")
+        self._seen.add((site.role, step, site.layer))
         pkt = self._open.get(key)
         if pkt is None:
             rows, keep = sel.rows(ctx.sample)
             rows["step"] = np.full(rows["sample"].shape, step, dtype=np.int64)
             pkt = self._open[key] = _Packet(site.role, step, rows, len(self._role_layers[site.role]), keep)
-        elif site.layer in pkt.copies:
-            raise CaptureError(f"layer {site.layer} (role {site.role!r}, step {step}) fired twice in one batch; "
-                               "run the model once per Recorder.batch()")
         pkt.copies[site.layer] = self._copy(acts_BTD, sel.start, sel.stop, pkt.keep)
         if len(pkt.copies) == pkt.expected:
             self._pending.append(self._open.pop(key))

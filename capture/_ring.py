@@ -10,6 +10,7 @@ and waits for a release, and it says so once through ``warnings.warn``.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections.abc import Callable
 
@@ -43,23 +44,28 @@ class BufferPool:
         self._allocated += size
         return torch.empty(size, dtype=torch.uint8, pin_memory=self.pin)
 
-    def acquire(self, nbytes: int, drain: Callable[[], bool] | None = None) -> torch.Tensor:
-        """A free buffer of at least ``nbytes`` bytes; waits (draining via ``drain``) when the pool is full."""
+    def acquire(self, nbytes: int, drain: Callable[[], bool] | None = None,
+                timeout: float | None = 600.0) -> torch.Tensor:
+        """A free buffer of at least ``nbytes`` bytes; waits (draining via ``drain``) when the pool is full.
+
+        Raises ``TimeoutError`` when no buffer comes back within ``timeout`` seconds (a stalled writer).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._cv:
-                fits = [b for b in self._free if b.numel() >= nbytes]
+                fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
                 if fits:
-                    buf = min(fits, key=torch.Tensor.numel)
-                    self._free.remove(buf)
-                    return buf
+                    return self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
                 if self._allocated + nbytes <= self.capacity_bytes or self._allocated == 0:
                     return self._new(nbytes)
                 if self._free:  # room is held by buffers too small for this request: drop the smallest
-                    small = min(self._free, key=torch.Tensor.numel)
-                    self._free.remove(small)
-                    self._allocated -= small.numel()
+                    small = min(range(len(self._free)), key=lambda i: self._free[i].numel())
+                    self._allocated -= self._free.pop(small).numel()
                     continue
             self.waits += 1
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no capture buffer of {nbytes} bytes came back within {timeout} s "
+                                   f"({self._allocated} of {self.capacity_bytes} bytes in flight)")
             if not self._warned:
                 self._warned = True
                 warnings.warn(
@@ -71,6 +77,14 @@ class BufferPool:
             with self._cv:
                 if not self._free:
                     self._cv.wait(timeout=0.05)
+
+    def reserve(self, nbytes: int, count: int) -> None:
+        """Allocate ``count`` buffers of ``nbytes`` up front (as far as the capacity allows)."""
+        with self._cv:
+            for _ in range(count):
+                if self._allocated + nbytes > self.capacity_bytes:
+                    break
+                self._free.append(self._new(nbytes))
 
     def release(self, buf: torch.Tensor) -> None:
         """Return a buffer (thread-safe; called from the writer thread)."""

@@ -32,6 +32,9 @@ class MemoryWriter:
     def commit(self, progress=None):
         self.commits.append(progress)
 
+    def rollback(self):
+        self.rollbacks = getattr(self, "rollbacks", 0) + 1
+
     def rows(self, role: str, layer: int, step: int | None = None) -> tuple[dict[str, np.ndarray], torch.Tensor]:
         """All rows of (layer, role) in append order, optionally of one step."""
         cols: dict[str, list[np.ndarray]] = {}

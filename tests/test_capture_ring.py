@@ -43,5 +43,20 @@ def test_drain_callback_is_used_while_full():
         return True
 
     with pytest.warns(RuntimeWarning):
-        assert pool.acquire(500).data_ptr() == a.data_ptr()
+        assert pool.acquire(500, drain).data_ptr() == a.data_ptr()
     assert calls == [1]
+
+
+def test_times_out_when_nothing_is_released():
+    pool = BufferPool(1000)
+    pool.acquire(1000)
+    with pytest.warns(RuntimeWarning), pytest.raises(TimeoutError, match="1000"):
+        pool.acquire(1000, timeout=0.1)
+
+
+def test_reserve_preallocates_within_capacity():
+    pool = BufferPool(2500)
+    pool.reserve(1000, 3)
+    assert pool.allocated_bytes == 2000
+    a = pool.acquire(1000)
+    assert pool.allocated_bytes == 2000 and a.numel() == 1000

@@ -1,0 +1,162 @@
+"""Recorder hook machinery against an in-memory writer: bit-exact rows, steps, cond, hook removal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _capture_util import MemoryWriter, layer_outputs
+from torch import nn
+
+from capture import (
+    NO_STEP,
+    BatchContext,
+    CaptureError,
+    ModelSpec,
+    Recorder,
+    ReferenceConfig,
+    ReferencePi05,
+    RoleSpec,
+    Site,
+    SiteError,
+    SyntheticConfig,
+    adapter_for,
+    full,
+    load_model,
+    make_batch,
+)
+
+STEPS = 3
+
+
+IMG = 56  # 16 tokens per camera: keeps the tests fast
+
+
+@pytest.fixture(scope="module")
+def ref():
+    model = ReferencePi05(ReferenceConfig(image_size=IMG))
+    return model, adapter_for(model)
+
+
+def _obs(batch_size: int, index: int = 0):
+    return make_batch(SyntheticConfig(batch_size=batch_size, image_size=IMG), index)
+
+
+def _record(model, adapter, sites, obs, writer=None, steps=STEPS):
+    writer = writer or MemoryWriter()
+    with Recorder(model, writer, sites) as rec, rec.batch(adapter.context(model, obs), progress={"batches": 1}):
+        adapter.run(model, obs, steps)
+    return writer
+
+
+def test_decision_and_instruction_rows_are_bit_exact(ref):
+    model, adapter = ref
+    obs = _obs(3, 0)
+    obs.lang_masks[1, 5:] = False  # a short prompt: padding must be dropped
+    sites = adapter.sites([6, 14], ["decision", "instruction"])
+    w = _record(model, adapter, sites, obs)
+    direct = layer_outputs({s.path for s in sites}, model, lambda: adapter.run(model, obs, STEPS))
+    for layer in (6, 14):
+        exp_steps = direct[adapter.layer_paths["expert"].format(i=layer)]
+        assert len(exp_steps) == STEPS
+        for step in range(STEPS):
+            rows, acts = w.rows("decision", layer, step)
+            assert torch.equal(acts, exp_steps[step][:, -10:].reshape(-1, 32))
+            assert rows["position"].tolist() == list(range(10)) * 3
+            assert rows["sample"].tolist() == np.repeat(obs.sample.numpy(), 10).tolist()
+        rows, acts = w.rows("instruction", layer)
+        prefix = direct[adapter.layer_paths["vlm"].format(i=layer)][0]
+        off = 2 * (IMG // 14) ** 2
+        assert torch.equal(acts, prefix[:, off:off + 32][obs.lang_masks])
+        assert set(rows["step"].tolist()) == {NO_STEP}
+        assert len(acts) == int(obs.lang_masks.sum())
+
+
+def test_one_append_per_role_and_step_and_one_cond_per_step(ref):
+    model, adapter = ref
+    obs = _obs(2, 1)
+    w = _record(model, adapter, adapter.sites([6, 10, 14], ["decision", "instruction"]), obs)
+    dec = [a for a in w.appends if a[0] == "decision"]
+    assert len(dec) == STEPS and all(sorted(a[2]) == [6, 10, 14] for a in dec)
+    assert [int(a[1]["step"][0]) for a in dec] == list(range(STEPS))
+    assert len(w.conds) == STEPS and w.conds[0][0] == "adarms"
+    assert w.conds[0][2].shape == (2, 32) and w.conds[0][1]["step"].tolist() == [0, 0]
+    assert w.commits == [{"batches": 1}] and w.samples[0]["sample"].tolist() == [2, 3]
+    assert w.samples[0]["instruction_mask"].shape == (2, 32) and "episode" in w.samples[0]
+
+
+def test_hooks_removed_after_exception(ref):
+    model, adapter = ref
+    obs = _obs(1, 0)
+    sites = adapter.sites([6], ["decision", "instruction"])
+    with (pytest.raises(RuntimeError, match="boom"), Recorder(model, MemoryWriter(), sites) as rec,
+          rec.batch(adapter.context(model, obs))):
+        raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_bad_layer_names_the_valid_range(ref):
+    model, adapter = ref
+    with pytest.raises(SiteError, match=r"layers\.40.*0\.\.17"):
+        Recorder(model, MemoryWriter(), adapter.sites([40], ["decision"]))
+
+
+class _TensorLM(nn.Module):
+    """A toy decoder whose layers return tensors (transformers 5 style) instead of 1-tuples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_tensor_outputs_and_calls_outside_batch_are_ignored():
+    torch.manual_seed(0)
+    model = _TensorLM()
+    x = torch.randn(2, 5, 4)
+    w = MemoryWriter()
+    sites = [Site(1, "full", "layers.1", full)]
+    ctx = BatchContext(sample=torch.tensor([0, 1]))
+    with Recorder(model, w, sites) as rec:
+        model(x)  # warm-up outside a batch: not recorded
+        with rec.batch(ctx):
+            out = model(x)
+    assert len(w.appends) == 1 and torch.equal(w.appends[0][2][1], out.reshape(10, 4))
+    with Recorder(model, MemoryWriter(), sites) as rec, pytest.raises(CaptureError, match="twice"), rec.batch(ctx):
+        model(x)
+        model(x)
+    assert not model.layers[1]._forward_hooks
+
+
+def test_user_selector_callable(ref):
+    model, adapter = ref
+    obs = _obs(2, 0)
+    from capture import Selection
+
+    def first_two(num_tokens, ctx):
+        return Selection(0, 2)
+
+    spec = RoleSpec("expert", first_two, stepped=True)
+    site = Site(6, "first2", adapter.layer_paths["expert"].format(i=6), spec.selector, spec.stepped)
+    w = _record(model, adapter, [site], obs, steps=2)
+    rows, acts = w.rows("first2", 6, 1)
+    assert acts.shape == (4, 32) and rows["position"].tolist() == [0, 1, 0, 1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_path_is_bit_exact():
+    model, adapter = load_model(ModelSpec(device="cuda"))
+    obs = make_batch(SyntheticConfig(batch_size=2), 0).to("cuda")
+    sites = adapter.sites([6, 14], ["decision", "instruction"])
+    w = _record(model, adapter, sites, obs)
+    direct = layer_outputs({s.path for s in sites}, model, lambda: adapter.run(model, obs, STEPS))
+    _, acts = w.rows("decision", 14, 2)
+    assert torch.equal(acts, direct[adapter.layer_paths["expert"].format(i=14)][2][:, -10:].reshape(-1, 32).cpu())
+    _, acts = w.rows("instruction", 6)
+    prefix = direct[adapter.layer_paths["vlm"].format(i=6)][0].cpu()
+    assert torch.equal(acts, prefix[:, 512:544][obs.lang_masks.cpu()])

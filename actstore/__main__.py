@@ -1,30 +1,133 @@
-"""``actstore`` / ``python -m actstore``: look at a store from the shell."""
+"""``actstore`` / ``python -m actstore``: look at, plot, export, verify and read out a store from the shell.
+
+    actstore info run.zarr [--json]
+    actstore plot run.zarr --layer 14 --role decision [--kind all|norms|outliers|pca] [--out fig.png]
+    actstore export run.zarr --to h5|zarr|npy|safetensors [--out PATH] [--layer 14] [--role decision] [--step 0 9]
+    actstore lens run.zarr --layer 14 [--head action|vlm_lm_head|expert_lm_head] [--step 9]
+    actstore verify run.zarr
+
+Each subcommand is a frozen dataclass handled by a plain function; errors from actstore print one line on stderr
+and exit with status 2 (``verify`` exits 1 when it finds problems).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from dataclasses import dataclass
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 import tyro
 
 from ._errors import ActStoreError
-from ._info import render_summary, summarize
-from ._reader import ActStore
+
+Pos = tyro.conf.Positional
 
 
 @dataclass(frozen=True)
 class Info:
     """Summarise a store: layers, roles, steps, rows, d, dtype, codec, size and compression ratio."""
 
-    path: Annotated[str, tyro.conf.Positional]
+    path: Annotated[str, Pos]
     """Store to describe (a .zarr directory or a .h5 file)."""
     json: bool = False
     """Print machine-readable JSON instead of tables."""
 
 
+@dataclass(frozen=True)
+class Plot:
+    """Write a PNG of one (layer, role): token norms per layer and per denoising step, outlier dimensions, PCA."""
+
+    path: Annotated[str, Pos]
+    """Store to plot."""
+    layer: str
+    """Layer to plot (the norms panel shows every layer of the role)."""
+    role: str = "decision"
+    """Role to plot."""
+    out: str | None = None
+    """PNG to write (default: <store name>.<role>.<layer>.<kind>.png next to the store)."""
+    kind: Literal["all", "norms", "outliers", "pca"] = "all"
+    """Which figure: all four panels, or one group."""
+    max_rows: int = 20_000
+    """Rows sampled (deterministically) for the figure."""
+    seed: int = 0
+    """Seed of the row sample."""
+    color_by: str | None = None
+    """PCA colour: a row or samples column (default: step for stepped roles, else task when present)."""
+
+
+@dataclass(frozen=True)
+class Export:
+    """Export to another backend (zarr <-> h5, whole store, bit-exact) or to npy / safetensors (selectable)."""
+
+    path: Annotated[str, Pos]
+    """Store to export."""
+    to: Literal["h5", "zarr", "npy", "safetensors"]
+    """Target format: h5 / zarr (an actstore store), npy (a directory + manifest.json) or one safetensors file."""
+    out: str | None = None
+    """Output path (default: next to the store, same name, new suffix: .h5, .zarr, .npy/, .safetensors)."""
+    layer: tuple[str, ...] | None = None
+    """Layers to export (npy / safetensors; default: all)."""
+    role: tuple[str, ...] | None = None
+    """Roles to export (npy / safetensors; default: all)."""
+    step: tuple[int, ...] | None = None
+    """Denoising steps to export (npy / safetensors; roles without those steps are skipped)."""
+    overwrite: bool = False
+    """Replace an existing output."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass(frozen=True)
+class Lens:
+    """Read rows out through the model's final norm and a trained head (velocity lens / logit lens)."""
+
+    path: Annotated[str, Pos]
+    """Store to read."""
+    layer: str
+    """Layer whose rows are read out."""
+    head: Literal["action", "vlm_lm_head", "expert_lm_head"] = "action"
+    """action: decision rows -> expert final norm (AdaRMS) -> action_out_proj; vlm_lm_head: instruction rows ->
+    PaliGemma final norm -> lm_head (top-k); expert_lm_head is untrained and refused unless --allow-untrained."""
+    role: str | None = None
+    """Role (default: decision for expert heads, instruction for vlm_lm_head)."""
+    step: tuple[int, ...] | None = None
+    """Only these denoising steps."""
+    sample: tuple[int, ...] | None = None
+    """Only these samples."""
+    model: Literal["reference", "transformers-pi0", "openpi", "lerobot", "factory"] | None = None
+    """Model to load (default: the one recorded in the store's attrs)."""
+    checkpoint_path: str | None = None
+    """Weights (default: the store's recorded checkpoint_path)."""
+    model_factory: str | None = None
+    """module:function returning the model (implies --model factory)."""
+    k: int = 5
+    """Top-k tokens per row for vocabulary heads."""
+    show: int = 12
+    """Rows to print."""
+    allow_untrained: bool = False
+    """Decode through an untrained head anyway (its output means nothing; see the error message)."""
+    out: str | None = None
+    """Also write the full output to this .safetensors file."""
+
+
+@dataclass(frozen=True)
+class Verify:
+    """Check a store's metadata, checksums and tables; exit 1 if problems are found."""
+
+    path: Annotated[str, Pos]
+    """Store to verify."""
+
+
+def _layer(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
 def info(cmd: Info) -> int:
+    from ._info import render_summary, summarize
+    from ._reader import ActStore
+
     with ActStore.open(cmd.path) as store:
         summary = summarize(store)
     if cmd.json:
@@ -36,13 +139,119 @@ def info(cmd: Info) -> int:
     return 0
 
 
-COMMANDS = {Info: info}
+def plot(cmd: Plot) -> int:
+    from ._plot import plot_store
+
+    src = Path(cmd.path)
+    out = cmd.out or str(src.with_name(f"{src.stem}.{cmd.role}.{cmd.layer}.{cmd.kind}.png"))
+    written = plot_store(cmd.path, _layer(cmd.layer), cmd.role, out, kind=cmd.kind, max_rows=cmd.max_rows,
+                         seed=cmd.seed, color_by=cmd.color_by)
+    print(written)
+    return 0
+
+
+def export(cmd: Export) -> int:
+    from ._export import export as run_export
+
+    src = Path(cmd.path.rstrip("/"))
+    out = cmd.out or str(src.with_suffix({"h5": ".h5", "zarr": ".zarr", "npy": ".npy", "safetensors": ".safetensors"}[cmd.to]))
+    layers = None if cmd.layer is None else [_layer(x) for x in cmd.layer]
+    written = run_export(cmd.path, cmd.to, out, layer=layers, role=None if cmd.role is None else list(cmd.role),
+                         step=None if cmd.step is None else list(cmd.step), overwrite=cmd.overwrite,
+                         progress=cmd.progress)
+    print(written)
+    return 0
+
+
+def _load_model(cmd: Lens, attrs: dict) -> object:
+    """The model named on the command line, else the one the store's attrs record (capture's ``attrs["model"]``)."""
+    from capture import ModelSpec, load_model
+
+    rec = attrs.get("model") if isinstance(attrs.get("model"), dict) else {}
+    name = "factory" if cmd.model_factory else (cmd.model or rec.get("name") or "reference")
+    spec = ModelSpec(name=name, checkpoint_path=cmd.checkpoint_path or rec.get("checkpoint_path"),
+                     factory=cmd.model_factory, seed=int(rec.get("seed", 0)), dtype=rec.get("dtype", "float32"))
+    return load_model(spec)[0]
+
+
+def lens(cmd: Lens) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import lens as L
+    from ._reader import ActStore
+
+    spec = L.HEADS.get(cmd.head)
+    role = cmd.role or ("instruction" if spec is not None and spec.stack == "vlm" else "decision")
+    L._check_head(cmd.head, cmd.allow_untrained)  # refuse before loading a model
+    with ActStore.open(cmd.path) as store:
+        model = _load_model(cmd, store.attrs)
+        layer = _layer(cmd.layer)
+        step = None if cmd.step is None else list(cmd.step)
+        sample = None if cmd.sample is None else list(cmd.sample)
+        vocab = cmd.head != "action"
+        if vocab:  # keep the top k per row only: (rows, vocab) logits can be huge
+            top = L.logit_lens(store, model, layer, sample, k=cmd.k, role=role, head=cmd.head, step=step,
+                               allow_untrained=cmd.allow_untrained)
+            out, ids, vals, rows = top.logits, top.ids, top.logits, top.rows
+        else:
+            out = L.velocity_lens(store, model, layer, step, sample=sample, role=role)
+            rows = store.select(layer, role, step=step, sample=sample).rows()
+    table = Table(title=f"{cmd.head} lens of {role} rows at layer {layer} ({len(out):,} rows)")
+    for col in ("sample", "step", "position"):
+        table.add_column(col, justify="right")
+    if vocab:
+        table.add_column(f"top {cmd.k} ids (logit)")
+    else:
+        table.add_column("|v|", justify="right")
+        table.add_column("v[:6]")
+    for i in range(min(cmd.show, len(out))):
+        cells = [str(int(rows[c][i])) for c in ("sample", "step", "position")]
+        if vocab:
+            cells.append("  ".join(f"{int(t)} ({float(v):.2f})" for t, v in zip(ids[i], vals[i], strict=True)))
+        else:
+            v = out[i].float()
+            cells += [f"{float(v.norm()):.3f}", " ".join(f"{float(x):+.3f}" for x in v[:6])]
+        table.add_row(*cells)
+    Console().print(table)
+    if cmd.out:
+        from safetensors.torch import save_file
+
+        main = {"top_ids": ids, "top_logits": vals} if vocab else {"velocity": out.contiguous().cpu()}
+        tensors = {**main, **{f"rows.{k}": torch_col(v) for k, v in rows.items()}}
+        save_file(tensors, cmd.out, metadata={"head": cmd.head, "layer": str(layer), "role": role,
+                                              "store": str(cmd.path)})
+        print(cmd.out)
+    return 0
+
+
+def torch_col(values: object) -> object:
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+
+
+def verify(cmd: Verify) -> int:
+    try:
+        from ._verify import verify as run_verify  # type: ignore[import-not-found]
+    except ImportError:
+        print("actstore: error: verify is not available in this version (actstore._verify is missing)", file=sys.stderr)
+        return 2
+    report = run_verify(cmd.path)
+    for line in report.render():
+        print(line)
+    return 0 if report.ok else 1
+
+
+COMMANDS = {Info: info, Plot: plot, Export: export, Lens: lens, Verify: verify}
+NAMES = {"info": Info, "plot": Plot, "export": Export, "lens": Lens, "verify": Verify}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``actstore`` command."""
     cmd = tyro.extras.subcommand_cli_from_dict(
-        {"info": Info}, args=argv, description="Inspect actstore activation stores."
+        NAMES, args=argv, description="Inspect, plot, export, verify and read out actstore activation stores."
     )
     try:
         return COMMANDS[type(cmd)](cmd)

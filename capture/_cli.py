@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,16 +44,31 @@ def store_path(output_dir: str, backend: str, auto_timestamp: bool, resume: bool
     return out / f"{time.strftime('%Y%m%d-%H%M%S')}.{ext}"
 
 
-def _batches(batch_factory: str | None, cfg: SyntheticConfig, start: int, stop: int) -> Iterator[Observation]:
-    if batch_factory is None:
-        yield from synthetic_batches(cfg, start, stop)
+def _batches(batch_factory: str | None, cfg: SyntheticConfig, indices: list[int]) -> Iterator[Observation]:
+    """The observations of the given global batch indices, in order."""
+    if not indices:
         return
+    if batch_factory is None:
+        for i in indices:
+            yield from synthetic_batches(cfg, i, i + 1)
+        return
+    wanted = set(indices)
     source: Iterable[Observation] = load_callable(batch_factory)(batch_size=cfg.batch_size, seed=cfg.seed)
     for i, obs in enumerate(source):
-        if i >= stop:
+        if i > indices[-1]:
             return
-        if i >= start:
+        if i in wanted:
             yield obs
+
+
+def resolve_part(part: str | None) -> tuple[int, int] | None:
+    """``--part i/N``, or torchrun's RANK / WORLD_SIZE when the process runs under it with more than one rank."""
+    if part is not None:
+        from actstore._parts import parse_part
+
+        return parse_part(part)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
 
 
 def capture_run(
@@ -75,6 +91,7 @@ def capture_run(
     resume: bool = False,
     progress_interval: float = 0.5,
     quiet: bool = False,
+    part: str | None = None,
 ) -> Path:
     """Capture residual-stream activations of a pi0 / pi0.5 policy (or any model) into an actstore store.
 
@@ -103,6 +120,8 @@ def capture_run(
         resume: Continue the store's last committed batch (with auto_timestamp: the newest store in output_dir).
         progress_interval: Seconds between progress-bar refreshes.
         quiet: No progress bar and no summary table.
+        part: "i/N": this process captures batches i, i+N, i+2N, ... of max_batches into part i of an N-part store
+            (default under torchrun: RANK/WORLD_SIZE). Every part is resumable on its own; readers see one store.
     """
     import actstore  # imported late: the CLI's --help must work without touching the store
 
@@ -118,6 +137,13 @@ def capture_run(
     core = getattr(net, "config", None)
     syn = SyntheticConfig(batch_size=batch_size, seed=seed,
                           action_horizon=getattr(core, "action_horizon", getattr(core, "chunk_size", 10)))
+    parts = resolve_part(part)
+    if parts is not None and Path(output_dir).suffix != ".zarr":
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+        if not run_id or run_id == "none":
+            raise ModelSpecError(f"--part {part or parts} needs one store path shared by all parts: pass "
+                                 "--output-dir ending in .zarr (e.g. runs/job.zarr)")
+        output_dir = str(Path(output_dir) / f"{run_id}.zarr")
     path = store_path(output_dir, backend, auto_timestamp, resume)
     path.parent.mkdir(parents=True, exist_ok=True)
     attrs = {
@@ -132,16 +158,18 @@ def capture_run(
                     "source": batch_factory or "synthetic"},
     }
     # one transaction per batch: a crash or a failed batch never leaves half a batch committed
-    writer = actstore.create(str(path), attrs=attrs, codec=codec, backend=backend, resume=resume, autocommit=False)
+    writer = actstore.create(str(path), attrs=attrs, codec=codec, backend=backend, resume=resume, autocommit=False,
+                             part=parts)
+    mine = list(range(max_batches)) if parts is None else list(range(parts[0], max_batches, parts[1]))
     with writer:
         done = (writer.committed_progress or {}).get("batches", 0) if resume else 0
         rec_cfg = RecorderConfig(cond_kwarg=adapter.cond_kwarg)
-        bar = _progress(max_batches, done, progress_interval, quiet)
+        bar = _progress(len(mine), done, progress_interval, quiet)
         t0 = time.perf_counter()
         with Recorder(net, writer, sites, rec_cfg) as rec:
-            for i, obs in enumerate(_batches(batch_factory, syn, done, max_batches), start=done):
+            for k, obs in enumerate(_batches(batch_factory, syn, mine[done:]), start=done):
                 obs = obs.to(spec.device)
-                with rec.batch(adapter.context(net, obs), progress={"batches": i + 1}):
+                with rec.batch(adapter.context(net, obs), progress={"batches": k + 1}):
                     adapter.run(net, obs, num_steps)
                 if bar is not None:
                     dt = max(time.perf_counter() - t0, 1e-9)

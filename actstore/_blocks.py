@@ -18,6 +18,16 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_pool_after_fork() -> None:
+    """A forked child (a DataLoader worker) inherits the pool object but not its threads: start afresh."""
+    global _POOL, _POOL_LOCK
+    _POOL = None
+    _POOL_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def decode_pool() -> ThreadPoolExecutor:
     """The process-wide pool that reads and decodes blocks (the codecs release the GIL)."""
     global _POOL
@@ -127,6 +137,28 @@ class ArrayReader:
             for j in jobs:
                 self._decode(*j)
 
+    # ---------------------------------------------------------------------------------------- chunks
+    def chunk_index(self, rows: np.ndarray) -> np.ndarray:
+        """The chunk holding each row."""
+        return rows // self.chunk_rows
+
+    def read_chunk_rows(self, chunk: int, ids: np.ndarray, out: np.ndarray) -> None:
+        """Rows ``ids`` (all in ``chunk``) into ``out``, reading the chunk file once; a whole chunk in order is
+        decoded block by block straight into ``out``, otherwise only the blocks holding ``ids`` are decoded."""
+        blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk)
+        first, br = chunk * self.per_chunk, self.block_rows
+        local = ids - chunk * self.chunk_rows
+        if local.size == self.chunk_rows and local[0] == 0 and local[-1] == self.chunk_rows - 1:
+            for i, blob in enumerate(blobs):
+                self._decode(blob, first + i, out[i * br : (i + 1) * br])
+            return
+        blocks = local // br
+        tmp = np.empty((br, self.width), dtype=self.dtype)
+        for b in np.unique(blocks):
+            sel = np.flatnonzero(blocks == b)
+            self._decode(blobs[int(b)], first + int(b), tmp)
+            out[sel] = tmp[local[sel] - int(b) * br]
+
     # ------------------------------------------------------------------------------------------- reads
     def read_range(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)``; whole blocks decode straight into the result."""
@@ -198,6 +230,18 @@ class ConcatReader:
         self.key = parts[0].key if parts else ""
         self.offsets = np.cumsum([0] + [p.n_rows for p in parts]).astype(np.int64)
         self.n_rows = int(self.offsets[-1])
+        # chunks of all parts, in order: (part, local chunk) and the global row each starts at
+        self._chunks = [(p, c) for p, part in enumerate(parts) for c in range(-(-part.n_rows // part.chunk_rows))]
+        self._chunk_starts = np.array(
+            [int(self.offsets[p]) + c * parts[p].chunk_rows for p, c in self._chunks], dtype=np.int64
+        )
+
+    def chunk_index(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self._chunk_starts, rows, side="right") - 1
+
+    def read_chunk_rows(self, chunk: int, ids: np.ndarray, out: np.ndarray) -> None:
+        p, c = self._chunks[chunk]
+        self.parts[p].read_chunk_rows(c, ids - self.offsets[p], out)
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((max(0, stop - start), self.width), dtype=self.dtype)

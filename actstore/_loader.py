@@ -134,6 +134,7 @@ class _Source:
         self.rows = np.ascontiguousarray(views[0].row_index, dtype=np.int64)
         self.dtype_names = [v._dtype_name for v in views]
         self.path = str(store.path)
+        self.storage_options = store.storage_options
         self._store: ActStore | None = store
         self._pid = os.getpid()
         self._readers: list[ArrayReader] | None = [v._reader for v in views]
@@ -149,7 +150,7 @@ class _Source:
         if self._store is None or self._pid != os.getpid():
             from ._reader import ActStore
 
-            self._store = ActStore.open(self.path)
+            self._store = ActStore.open(self.path, storage_options=self.storage_options)
             self._readers = None
             self._pid = os.getpid()
         return self._store
@@ -170,29 +171,9 @@ class _Source:
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _read_full(reader: ArrayReader, chunk: int, out: np.ndarray) -> None:
-    blobs = reader.backend.read_chunk(reader.key, chunk, reader.per_chunk)
-    first, br = chunk * reader.per_chunk, reader.block_rows
-    for i, blob in enumerate(blobs):
-        reader._decode(blob, first + i, out[i * br : (i + 1) * br])
-
-
-def _read_part(reader: ArrayReader, chunk: int, ids: np.ndarray, out: np.ndarray) -> None:
-    blobs = reader.backend.read_chunk(reader.key, chunk, reader.per_chunk)
-    br = reader.block_rows
-    local = ids - chunk * reader.chunk_rows
-    blocks = local // br
-    tmp = np.empty((br, reader.width), dtype=reader.dtype)
-    for b in np.unique(blocks):
-        sel = np.flatnonzero(blocks == b)
-        reader._decode(blobs[int(b)], chunk * reader.per_chunk + int(b), tmp)
-        out[sel] = tmp[local[sel] - int(b) * br]
-
-
-def _fill(readers: list[ArrayReader], ids: np.ndarray, bufs: list[np.ndarray]) -> list[Future[None]]:
+def _fill(readers: list[Any], ids: np.ndarray, bufs: list[np.ndarray]) -> list[Future[None]]:
     """Start decoding the rows ``ids`` (chunk-contiguous) into ``bufs[layer][:len(ids)]``; one job per chunk."""
-    cr = readers[0].chunk_rows
-    chunk = ids // cr
+    chunk = readers[0].chunk_index(ids)
     starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]]) if ids.size else np.zeros(0, np.int64)
     bounds = np.r_[starts, ids.size]
     pool = decode_pool()
@@ -200,10 +181,7 @@ def _fill(readers: list[ArrayReader], ids: np.ndarray, bufs: list[np.ndarray]) -
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         c = int(chunk[a])
         for reader, buf in zip(readers, bufs, strict=True):
-            if b - a == cr:
-                futures.append(pool.submit(_read_full, reader, c, buf[a:b]))
-            else:
-                futures.append(pool.submit(_read_part, reader, c, ids[a:b], buf[a:b]))
+            futures.append(pool.submit(reader.read_chunk_rows, c, ids[a:b], buf[a:b]))
     return futures
 
 
@@ -424,6 +402,7 @@ class _Base:
             rank=self.rank,
             world_size=self.world_size,
             drop_last=c.drop_last,
+            chunk_of=self._src.readers[0].chunk_index,
         )
 
     def __len__(self) -> int:

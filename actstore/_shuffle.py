@@ -20,6 +20,7 @@ Pure numpy, no I/O. The plan of one epoch is built in four steps:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +32,16 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
-def chunk_stream(rows: np.ndarray, chunk_rows: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The epoch's stream: ``rows`` (sorted ascending) regrouped by chunk, chunks in a random order."""
+def chunk_stream(
+    rows: np.ndarray, chunk_rows: int, seed: int, epoch: int, shuffle: bool,
+    chunk_of: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The epoch's stream: ``rows`` (sorted ascending) regrouped by chunk, chunks in a random order.
+
+    ``chunk_of`` maps rows to chunk ids where chunks are not a regular grid (a store of several parts)."""
     if not shuffle or rows.size == 0:
         return rows
-    chunk = rows // chunk_rows
+    chunk = rows // chunk_rows if chunk_of is None else chunk_of(rows)
     starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
     bounds = np.r_[starts, rows.size]
     order = _rng(seed, epoch).permutation(starts.size)
@@ -99,9 +105,10 @@ def plan_epoch(
     rank: int,
     world_size: int,
     drop_last: bool,
+    chunk_of: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> EpochPlan:
     """The plan of one rank for one epoch (see the module docstring)."""
-    stream = chunk_stream(rows, chunk_rows, seed, epoch, shuffle)
+    stream = chunk_stream(rows, chunk_rows, seed, epoch, shuffle, chunk_of)
     n = stream.size
     if world_size > 1:
         if drop_last:

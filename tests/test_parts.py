@@ -66,3 +66,24 @@ def test_part_validation(tmp_path: Path) -> None:
     with pytest.raises(SchemaMismatchError, match="zarr backend"):
         actstore.create(tmp_path / "b.h5", part=(0, 2))
     assert ActStore.open(tmp_path / "a.zarr").roles == []
+
+
+def test_loader_over_parts_reads_every_row_once(tmp_path: Path) -> None:
+    path = tmp_path / "p.zarr"
+    acts = []
+    for i, n in enumerate((50, 75, 30)):
+        a = torch.randn(n, 4)
+        acts.append(a)
+        with actstore.create(path, part=(i, 3), chunk_rows=16, block_rows=4) as w:
+            w.append("r", rows={"sample": np.arange(n) + 1000 * i, "step": np.zeros(n, int), "position": np.arange(n)},
+                     acts={0: a})
+    ref = torch.cat(acts)
+    store = ActStore.open(path)
+    plain = torch.cat([b.clone() for b in store.loader(0, "r", batch_size=32, shuffle=False)])
+    assert torch.equal(plain, ref)
+    seen = []
+    for batch, rows in store.loader(0, "r", batch_size=20, seed=3, with_rows=True, shuffle_chunks=2):
+        seen.append(rows["sample"].clone())
+        idx = np.searchsorted(store.rows("r")["sample"], rows["sample"].numpy())
+        assert torch.equal(batch, ref[idx])
+    assert sorted(torch.cat(seen).tolist()) == sorted(store.rows("r")["sample"].tolist())

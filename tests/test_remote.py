@@ -80,6 +80,13 @@ def test_s3_capture_open_slice_resume(s3: dict) -> None:
         w.append("decision", rows=rows, acts={6: extra, 10: extra})
     again = ActStore.open(url, storage_options=s3)[6, "decision"]
     assert len(again) == n + 40 and torch.equal(again[n:], extra) and torch.equal(again[:n], ref)
+    # the training loader reads straight from the object store
+    store = ActStore.open(url, storage_options=s3)
+    batches = [b.clone() for b in store.loader(6, "decision", batch_size=64, seed=1)]
+    got = torch.cat(batches)
+    assert got.shape == (n + 40, ref.shape[1])
+    key = lambda t: sorted(map(tuple, t.float().tolist()))  # noqa: E731
+    assert key(got) == key(torch.cat([ref, extra]))
 
 
 def test_s3_exists_and_missing(s3: dict) -> None:

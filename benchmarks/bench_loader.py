@@ -1,0 +1,245 @@
+"""Shuffled-loader throughput against three baselines measured in the same run, and SAE training cost.
+
+    python benchmarks/bench_loader.py                 # 1 GiB bf16, d=2048, batches of 4096 (page cache warm)
+    python benchmarks/bench_loader.py --smoke         # tiny, seconds
+    python benchmarks/bench_loader.py --device cuda   # also GB/s delivered to the GPU (pinned memory)
+
+Baselines: (a) np.memmap random gather of 4096 sorted random rows per batch (the RAM ceiling), (b) ``torch.load``
+of ``.pt`` chunks, 8 chunks concatenated + ``torch.randperm`` (the naive baseline), (c) zarr-python reading 8
+random whole chunks (lz4 + bitshuffle, 4096-row chunks), concatenated and permuted. Data is generated once under
+``benchmarks/_data/`` (or ``--data``) and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import actstore
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure."""
+
+    smoke: bool = False
+    """Tiny sizes (seconds); used by the tests."""
+    out: str | None = None
+    """Write the results as JSON here."""
+    data: str = str(Path(__file__).parent / "_data")
+    """Where the generated data lives."""
+    device: str = "cpu"
+    """``cuda`` adds the GB/s delivered to the GPU with pinned memory."""
+    batches: int = 48
+    """Batches timed per strategy (after one warm-up pass over the data)."""
+    sae_steps: int = 6
+    """SAE steps timed per mode."""
+
+
+def gen_rows(rng: np.random.Generator, p: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Residual-stream-like rows as bf16 bits: per-dim Gaussians with lognormal scales, a few huge outlier dims,
+    a low-rank shared component and a per-token norm scale."""
+    d = p["sigma"].size
+    x = rng.standard_normal((n, d), dtype=np.float32) * p["sigma"] + p["mu"]
+    x += rng.standard_normal((n, p["U"].shape[0]), dtype=np.float32) @ p["U"]
+    x *= np.exp(0.3 * rng.standard_normal((n, 1), dtype=np.float32))
+    return torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def make_data(root: Path, n: int, d: int, chunk: int) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    tag = f"{n}x{d}"
+    paths = {"raw": root / f"{tag}.u16", "store": root / f"{tag}.actstore.zarr", "pt": root / f"{tag}_pt",
+             "zarr": root / f"{tag}.zarr"}
+    done = root / f"{tag}.done"
+    if done.exists():
+        return paths
+    rng = np.random.default_rng(0)
+    p = {"sigma": np.exp(rng.normal(-0.5, 0.6, d)).astype(np.float32), "mu": rng.normal(0, 0.1, d).astype(np.float32),
+         "U": (rng.standard_normal((8, d)) * 0.5).astype(np.float32)}
+    p["sigma"][rng.choice(d, 4, replace=False)] *= 60.0  # outlier dims
+    mm = np.memmap(paths["raw"], dtype=np.uint16, mode="w+", shape=(n, d))
+    paths["pt"].mkdir(exist_ok=True)
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    z = zarr.create_array(str(paths["zarr"]), shape=(n, d), chunks=(chunk, d), dtype="uint16", overwrite=True,
+                          compressors=BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
+                          config={"write_empty_chunks": True})
+    seq = 256
+    with actstore.create(paths["store"], overwrite=True, chunk_rows=chunk) as w:
+        for s in range(0, n, chunk):
+            m = min(chunk, n - s)
+            bits = gen_rows(rng, p, m)
+            mm[s : s + m] = bits
+            z[s : s + m] = bits
+            acts = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
+            torch.save(acts.clone(), paths["pt"] / f"{s // chunk:06d}.pt")
+            r = np.arange(s, s + m)
+            w.append("decision", rows={"sample": r // seq, "step": np.zeros(m, np.int64), "position": r % seq},
+                     acts={14: acts})
+    mm.flush()
+    del mm
+    done.write_text("ok")
+    return paths
+
+
+def _rate(rows: int, seconds: float, d: int) -> dict[str, float]:
+    return {"rows_per_s": rows / seconds, "GB_per_s": rows * d * 2 / seconds / 1e9, "seconds": seconds}
+
+
+def bench_memmap(path: Path, n: int, d: int, batch: int, n_batches: int) -> dict[str, float]:
+    mm = np.memmap(path, dtype=np.uint16, mode="r", shape=(n, d))
+    rng = np.random.default_rng(1)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        idx = np.sort(rng.choice(n, batch, replace=False))
+        t = torch.from_numpy(mm[idx]).view(torch.bfloat16)
+        assert t.shape[0] == batch
+    return _rate(batch * n_batches, time.perf_counter() - t0, d)
+
+
+def _chunked(read: Any, n_chunks: int, k: int, batch: int, n_batches: int, d: int) -> dict[str, float]:
+    rng = np.random.default_rng(2)
+    order = rng.permutation(n_chunks)
+    done, pos = 0, 0
+    t0 = time.perf_counter()
+    while done < n_batches:
+        buf = torch.cat([read(int(c)) for c in order[pos : pos + k]])
+        pos = (pos + k) % n_chunks
+        perm = torch.randperm(buf.shape[0])
+        for b in range(buf.shape[0] // batch):
+            x = buf[perm[b * batch : (b + 1) * batch]]
+            assert x.shape[0] == batch
+            done += 1
+            if done == n_batches:
+                break
+    return _rate(batch * n_batches, time.perf_counter() - t0, d)
+
+
+def bench_torch_load(path: Path, n_chunks: int, k: int, batch: int, n_batches: int, d: int) -> dict[str, float]:
+    files = sorted(path.glob("*.pt"))
+    return _chunked(lambda c: torch.load(files[c], weights_only=True), n_chunks, k, batch, n_batches, d)
+
+
+def bench_zarr(path: Path, chunk: int, n_chunks: int, k: int, batch: int, n_batches: int, d: int) -> dict[str, float]:
+    import zarr
+
+    z = zarr.open_array(str(path), mode="r")
+    return _chunked(lambda c: torch.from_numpy(z[c * chunk : (c + 1) * chunk]).view(torch.bfloat16), n_chunks, k,
+                    batch, n_batches, d)
+
+
+def bench_actstore(store: actstore.ActStore, batch: int, n_batches: int, d: int, **kw: Any) -> dict[str, float]:
+    loader = store.loader(14, "decision", batch_size=batch, **kw)
+    done = 0
+    t0 = time.perf_counter()
+    while done < n_batches:
+        for x in loader:
+            assert x.shape[0] <= batch
+            done += 1
+            if done == n_batches:
+                break
+    if kw.get("device"):
+        torch.cuda.synchronize()
+    return _rate(batch * n_batches, time.perf_counter() - t0, d)
+
+
+def bench_sae(store: actstore.ActStore, batch: int, steps: int, d: int, m: int) -> dict[str, float]:
+    from actstore._sae import TopKSAE
+
+    out: dict[str, float] = {}
+    mem = store[14, "decision"][: batch * 4].float()
+    for mode in ("memory", "loader"):
+        torch.manual_seed(0)
+        sae = TopKSAE(d, m, 32)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+        loader = iter(store.loader(14, "decision", batch_size=batch, dtype="float32")) if mode == "loader" else None
+
+        def step(x: torch.Tensor, sae: TopKSAE = sae, opt: torch.optim.Optimizer = opt) -> None:
+            xhat, _ = sae(x)
+            loss = (xhat - x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        step(mem[:batch])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(steps):
+            x = next(loader) if loader is not None else mem[(i % 4) * batch : (i % 4 + 1) * batch]
+            step(x)
+        out[f"{mode}_steps_per_s"] = steps / (time.perf_counter() - t0)
+    out["loader_cost"] = 1 - out["loader_steps_per_s"] / out["memory_steps_per_s"]
+    out["d_sae"] = m
+    return out
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    d, batch, chunk, k = (64, 256, 512, 8) if cfg.smoke else (2048, 4096, 4096, 8)
+    n = 16 * chunk if cfg.smoke else (1 << 30) // (d * 2)
+    n_batches = 6 if cfg.smoke else cfg.batches
+    root = Path(cfg.data) if not cfg.smoke else Path(cfg.data) / "smoke"
+    t0 = time.perf_counter()
+    paths = make_data(root, n, d, chunk)
+    res: dict[str, Any] = {"n_rows": n, "d": d, "batch": batch, "chunk_rows": chunk, "buffer_chunks": k,
+                           "gen_s": time.perf_counter() - t0, "cpus": os.cpu_count()}
+    store = actstore.ActStore.open(paths["store"])
+    # warm the page cache once
+    for p in (paths["raw"], *paths["store"].rglob("*"), *paths["pt"].glob("*"), *paths["zarr"].rglob("*")):
+        if p.is_file():
+            p.read_bytes()
+    n_chunks = n // chunk
+    res["memmap_gather"] = bench_memmap(paths["raw"], n, d, batch, n_batches)
+    res["torch_load"] = bench_torch_load(paths["pt"], n_chunks, k, batch, n_batches, d)
+    res["zarr_python"] = bench_zarr(paths["zarr"], chunk, n_chunks, k, batch, n_batches, d)
+    bench_actstore(store, batch, 4, d)  # warm-up: allocates the buffers once
+    res["actstore"] = bench_actstore(store, batch, n_batches, d)
+    res["actstore_fresh_buffers"] = bench_actstore(store, batch, n_batches, d, reuse_buffers=False)
+    res["actstore_fp32"] = bench_actstore(store, batch, n_batches, d, dtype="float32")
+    if cfg.device.startswith("cuda"):
+        if torch.cuda.is_available():
+            bench_actstore(store, batch, 4, d, pin_memory=True, device=cfg.device)
+            res["actstore_to_gpu"] = bench_actstore(store, batch, n_batches, d, pin_memory=True, device=cfg.device)
+        else:
+            print("no CUDA device; skipped")
+    res["sae"] = bench_sae(store, batch if not cfg.smoke else 128, 2 if cfg.smoke else cfg.sae_steps, d,
+                           d if not cfg.smoke else 2 * d)
+    return res
+
+
+def report(res: dict[str, Any]) -> None:
+    ours = res["actstore"]["rows_per_s"]
+    print(f"{res['n_rows']} rows x d={res['d']} bf16, batches of {res['batch']}, chunks of {res['chunk_rows']}, "
+          f"shuffle buffer {res['buffer_chunks']} chunks, {res['cpus']} CPUs, page cache warm")
+    print(f"{'strategy':<34}{'rows/s':>12}{'GB/s':>8}{'actstore / this':>17}")
+    names = {"memmap_gather": "(a) np.memmap random gather", "torch_load": "(b) torch.load .pt + randperm",
+             "zarr_python": "(c) zarr-python random chunks", "actstore": "actstore loader (bf16)",
+             "actstore_fresh_buffers": "actstore, reuse_buffers=False", "actstore_fp32": "actstore loader -> float32",
+             "actstore_to_gpu": "actstore -> GPU (pinned)"}
+    for key, label in names.items():
+        if key in res:
+            r = res[key]
+            print(f"{label:<34}{r['rows_per_s']:>12,.0f}{r['GB_per_s']:>8.2f}{ours / r['rows_per_s']:>16.2f}x")
+    s = res["sae"]
+    print(f"SAE (d={res['d']}, {s['d_sae']} latents, k=32) steps/s: in memory {s['memory_steps_per_s']:.3f}, "
+          f"from the loader {s['loader_steps_per_s']:.3f} (loader cost {100 * s['loader_cost']:.1f}%)")
+
+
+def main(cfg: BenchConfig) -> None:
+    res = run(cfg)
+    report(res)
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(BenchConfig))

@@ -1,0 +1,193 @@
+"""ActLoader / ActDataset: exact order, every row once, filters, layers, metadata, dtypes, resume, workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+import actstore
+from actstore import ActDataset, ActStore, LoaderConfig
+from actstore._config import ConfigError
+
+
+def make_store(path: Path, n: int = 1000, layers: tuple[int, ...] = (3, 5), d: int = 8,
+               dtype: torch.dtype = torch.float32, **cfg: object) -> ActStore:
+    """Rows r of layer L hold [r, L, noise...]; sample = r // 7, step = r % 4, position = r % 7."""
+    cfg.setdefault("chunk_rows", 64)
+    cfg.setdefault("block_rows", 16)
+    g = torch.Generator().manual_seed(0)
+    r = np.arange(n)
+    with actstore.create(path, **cfg) as w:
+        for s in range(0, n, 300):  # several appends, chunks straddle them
+            sl = slice(s, min(n, s + 300))
+            acts = {}
+            for layer in layers:
+                x = torch.randn(sl.stop - sl.start, d, generator=g)
+                x[:, 0] = torch.from_numpy(r[sl]).float()
+                x[:, 1] = layer
+                acts[layer] = x.to(dtype)
+            w.append("decision", rows={"sample": r[sl] // 7, "step": r[sl] % 4, "position": r[sl] % 7}, acts=acts)
+    return ActStore.open(path)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ActStore:
+    return make_store(tmp_path_factory.mktemp("ld") / "s.zarr")
+
+
+def ids(batches: list[torch.Tensor]) -> np.ndarray:
+    return torch.cat([b[:, 0] for b in batches]).long().numpy()
+
+
+def collect(loader: object) -> list[torch.Tensor]:
+    out = []
+    for b in loader:  # type: ignore[attr-defined]
+        out.append(b.clone())
+    return out
+
+
+def test_unshuffled_is_the_stored_order(store: ActStore) -> None:
+    view = store[3, "decision"]
+    for bs, drop in ((100, False), (64, False), (77, True), (2000, False)):
+        ld = store.loader(3, "decision", batch_size=bs, shuffle=False, drop_last=drop)
+        got = collect(ld)
+        assert len(got) == len(ld)
+        full = torch.cat(got)
+        n = (1000 // bs) * bs if drop else 1000
+        assert torch.equal(full, view[:n])
+        assert all(b.shape[0] == bs for b in got[:-1])
+
+
+def test_shuffled_epoch_is_a_permutation_and_epochs_differ(store: ActStore) -> None:
+    ld = store.loader(3, "decision", batch_size=64, seed=5)
+    e0, e1 = ids(collect(ld)), ids(collect(ld))
+    assert ld.epoch == 2
+    assert sorted(e0.tolist()) == list(range(1000)) == sorted(e1.tolist())
+    assert not np.array_equal(e0, e1) and not np.array_equal(e0, np.arange(1000))
+    again = store.loader(3, "decision", batch_size=64, seed=5)
+    assert np.array_equal(ids(collect(again)), e0)
+    # the rows are intact, not just the ids
+    b = collect(store.loader(3, "decision", batch_size=64, seed=5))[0]
+    assert torch.equal(b, store[3, "decision"][b[:, 0].long().numpy()])
+
+
+def test_multi_layer_same_rows_and_metadata(store: ActStore) -> None:
+    ld = store.loader([5, 3], "decision", batch_size=50, with_rows=True, reuse_buffers=False)
+    seen = []
+    for acts, rows in ld:
+        assert list(acts) == [5, 3]
+        assert torch.equal(acts[5][:, 0], acts[3][:, 0]) and bool((acts[5][:, 1] == 5).all())
+        r = acts[3][:, 0].long()
+        assert torch.equal(rows["sample"], r // 7) and torch.equal(rows["step"], r % 4)
+        assert torch.equal(rows["position"], r % 7)
+        seen.append(r)
+    assert sorted(torch.cat(seen).tolist()) == list(range(1000))
+
+
+def test_filters(store: ActStore) -> None:
+    r = np.arange(1000)
+    cases = [({"step": [1, 2]}, r[(r % 4 == 1) | (r % 4 == 2)]), ({"sample": range(10, 40)}, r[(r // 7 >= 10) & (r // 7 < 40)]),
+             ({"where": lambda t: t["position"] < 2, "step": 0}, r[(r % 7 < 2) & (r % 4 == 0)])]
+    for kw, want in cases:
+        got = ids(collect(store.loader(3, "decision", batch_size=32, shuffle=False, **kw)))
+        assert np.array_equal(got, want)
+        got = ids(collect(store.loader(3, "decision", batch_size=32, seed=1, **kw)))
+        assert sorted(got.tolist()) == want.tolist()
+
+
+def test_dtypes(tmp_path: Path) -> None:
+    s = make_store(tmp_path / "bf.zarr", n=300, layers=(1,), d=16, dtype=torch.bfloat16)
+    ref = s[1, "decision"][:]
+    for dtype in (None, "bfloat16", "float32"):
+        b = collect(s.loader(1, "decision", batch_size=128, shuffle=False, dtype=dtype))
+        full = torch.cat(b)
+        assert full.dtype == (torch.bfloat16 if dtype in (None, "bfloat16") else torch.float32)
+        assert torch.equal(full.float(), ref.float())
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(k=st.integers(0, 16), batch=st.sampled_from([16, 50, 64]), chunks=st.integers(1, 4), seed=st.integers(0, 9))
+def test_resume_mid_epoch_is_exact(store: ActStore, k: int, batch: int, chunks: int, seed: int) -> None:
+    opts = {"batch_size": batch, "shuffle_chunks": chunks, "seed": seed, "with_rows": True}
+    ref = store.loader(3, "decision", **opts)
+    straight = [b[1]["sample"] for b in ref] + [b[1]["sample"] for b in ref]  # two epochs
+    k = min(k, len(straight))
+    first = store.loader(3, "decision", **opts)
+    got = []
+    it = iter(first)
+    for _ in range(k):
+        got.append(next(it)[1]["sample"])
+        if first.batch == len(first):  # finish the epoch so the state moves to the next one
+            assert next(it, None) is None
+            it = iter(first)
+    state = first.state_dict()
+    it.close()
+    second = store.loader(3, "decision", **opts)
+    second.load_state_dict(state)
+    while len(got) < len(straight):
+        got += [b[1]["sample"] for b in second]
+    assert all(torch.equal(a, b) for a, b in zip(got, straight, strict=True))
+
+
+def test_ranks_split_rows_with_equal_batch_counts(store: ActStore) -> None:
+    for drop in (False, True):
+        per = [store.loader(3, "decision", batch_size=64, rank=r, world_size=3, drop_last=drop, seed=2) for r in range(3)]
+        got = [ids(collect(ld)) for ld in per]
+        assert len({len(ld) for ld in per}) == 1 and all(len(collect(ld)) == len(per[0]) for ld in per[:1])
+        allr = np.concatenate(got)
+        if drop:  # 1000 = 3 * 333 + 1: one row left out, then each rank's short batch (333 = 5 * 64 + 13)
+            assert allr.size == 3 * 5 * 64 and np.unique(allr).size == allr.size
+        else:  # padded to 3 * 334: two rows seen twice
+            assert allr.size == 1002 and np.unique(allr).size == 1000
+
+
+def test_dataloader_workers_no_duplicates_and_resume(store: ActStore) -> None:
+    ds = ActDataset(store, 3, "decision", batch_size=32, seed=3)
+    dl = DataLoader(ds, batch_size=None, num_workers=2)
+    full = [b.clone() for b in dl]
+    assert len(full) == len(ds) and sorted(ids(full).tolist()) == list(range(1000))
+    state = ds.state_dict(7)
+    ds2 = ActDataset(store, 3, "decision", batch_size=32, seed=3)
+    ds2.load_state_dict(state)
+    rest = [b.clone() for b in DataLoader(ds2, batch_size=None, num_workers=2)]
+    assert np.array_equal(ids(full[7:]), ids(rest))
+    ds.set_epoch(1)
+    assert not np.array_equal(ids([b.clone() for b in dl]), ids(full))
+
+
+def test_bad_options_name_the_value(store: ActStore) -> None:
+    with pytest.raises(ConfigError, match="unknown loader option 'batchsize'"):
+        store.loader(3, "decision", batchsize=3)
+    with pytest.raises(ConfigError, match="dtype 'int8'"):
+        LoaderConfig(dtype="int8")
+    with pytest.raises(ConfigError, match="rank"):
+        LoaderConfig(rank=2, world_size=2)
+    with pytest.raises(actstore.UnknownKeyError, match="layers are"):
+        store.loader(99, "decision")
+    ld = store.loader(3, "decision", batch_size=64)
+    with pytest.raises(ConfigError, match="batch_size=32"):
+        store.loader(3, "decision", batch_size=32).load_state_dict(ld.state_dict())
+
+
+def test_producer_errors_reach_the_consumer(store: ActStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actstore._blocks import ArrayReader
+
+    def boom(*a: object) -> None:
+        raise actstore.CorruptStoreError("bad chunk")
+
+    monkeypatch.setattr(ArrayReader, "read_chunk_rows", boom)
+    with pytest.raises(actstore.CorruptStoreError, match="bad chunk"):
+        collect(store.loader(3, "decision", batch_size=64))
+
+
+@pytest.mark.gpu
+def test_pinned_device_batches(store: ActStore) -> None:
+    ld = store.loader(3, "decision", batch_size=64, shuffle=False, pin_memory=True, device="cuda")
+    got = torch.cat([b.cpu() for b in ld])
+    assert torch.equal(got, store[3, "decision"][:])

@@ -197,7 +197,7 @@ class Recorder:
             ctx = self._ctx
             if ctx is None:
                 return  # a call outside rec.batch() (e.g. warm-up) is not recorded
-            acts_BTD = output if torch.is_tensor(output) else output[0]
+            acts_BTD = (output if torch.is_tensor(output) else output[0]).detach()  # never keep the autograd graph
             step = NO_STEP
             if stepped:
                 step = self._calls[path]
@@ -206,7 +206,7 @@ class Recorder:
                     cond_BC = kwargs.get(self.config.cond_kwarg)
                     if cond_BC is not None:
                         self._cond_steps.add(step)
-                        self._capture_cond(cond_BC, step, ctx)
+                        self._capture_cond(cond_BC.detach(), step, ctx)
             for site in sites:
                 sel = site.selector(int(acts_BTD.shape[1]), ctx)
                 self._capture(site, step, acts_BTD, sel, ctx)

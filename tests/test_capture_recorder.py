@@ -160,3 +160,26 @@ def test_cuda_path_is_bit_exact():
     _, acts = w.rows("instruction", 6)
     prefix = direct[adapter.layer_paths["vlm"].format(i=6)][0].cpu()
     assert torch.equal(acts, prefix[:, 512:544][obs.lang_masks.cpu()])
+
+
+def test_any_hf_decoder_with_grad_enabled(tmp_path):
+    """Sites given as plain module paths on a Hugging Face decoder; the forward runs with autograd on."""
+    import actstore
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from capture import BatchContext, Recorder, Site, full
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100, bos_token_id=0,
+                                       eos_token_id=0)).eval()  # eval: no dropout; autograd stays on
+    sites = [Site(layer=i, role="full", path=f"transformer.h.{i}", selector=full, stepped=False) for i in (0, 1)]
+    ids = torch.randint(0, 100, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    with actstore.create(tmp_path / "gpt2.zarr", autocommit=False) as w, Recorder(model, w, sites) as rec:
+        with rec.batch(BatchContext(sample=torch.arange(2), pad_mask=mask), progress={"batches": 1}):
+            model(input_ids=ids, attention_mask=mask.long())
+    want = layer_outputs(["transformer.h.1"], model, lambda: model(input_ids=ids, attention_mask=mask.long()))
+    store = actstore.ActStore.open(tmp_path / "gpt2.zarr")
+    assert torch.equal(store[1, "full"][:], want["transformer.h.1"][0][mask])
+    assert store.rows("full")["position"].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]

@@ -164,9 +164,9 @@ def test_cuda_path_is_bit_exact():
 
 def test_any_hf_decoder_with_grad_enabled(tmp_path):
     """Sites given as plain module paths on a Hugging Face decoder; the forward runs with autograd on."""
-    import actstore
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    import actstore
     from capture import BatchContext, Recorder, Site, full
 
     torch.manual_seed(0)
@@ -176,9 +176,10 @@ def test_any_hf_decoder_with_grad_enabled(tmp_path):
     ids = torch.randint(0, 100, (2, 6))
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[1, 4:] = False
-    with actstore.create(tmp_path / "gpt2.zarr", autocommit=False) as w, Recorder(model, w, sites) as rec:
-        with rec.batch(BatchContext(sample=torch.arange(2), pad_mask=mask), progress={"batches": 1}):
-            model(input_ids=ids, attention_mask=mask.long())
+    ctx = BatchContext(sample=torch.arange(2), pad_mask=mask)
+    with actstore.create(tmp_path / "gpt2.zarr", autocommit=False) as w, Recorder(model, w, sites) as rec, \
+            rec.batch(ctx, progress={"batches": 1}):
+        model(input_ids=ids, attention_mask=mask.long())
     want = layer_outputs(["transformer.h.1"], model, lambda: model(input_ids=ids, attention_mask=mask.long()))
     store = actstore.ActStore.open(tmp_path / "gpt2.zarr")
     assert torch.equal(store[1, "full"][:], want["transformer.h.1"][0][mask])

@@ -7,6 +7,7 @@ The files stay ordinary Zarr v3 / HDF5 that other tools read.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import BlockCodec, index_size, join_shard, parse_index, split_shard
+from ._codec import BlockCodec, index_size, parse_index, shard_parts, split_shard
 from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError, StoreLockedError
 from ._format import META_KEY
 
@@ -150,8 +151,9 @@ class ZarrBackend(Backend):
         """``n`` bytes from ``start``."""
 
     @abstractmethod
-    def _put(self, rel: str, data: bytes, *, durable: bool) -> None:
-        """Write the object atomically (readers see the old or the new bytes, never a mix)."""
+    def _put(self, rel: str, data: bytes | list[Any], *, durable: bool) -> None:
+        """Write the object (bytes, or buffers written back to back) atomically: readers see the old or the new
+        bytes, never a mix."""
 
     # -- metadata
     def _ensure_groups(self, key: str) -> None:
@@ -209,8 +211,8 @@ class ZarrBackend(Backend):
     def _chunk_key(key: str, chunk: int) -> str:
         return f"{key}/c/{chunk}/0"
 
-    def write_chunk(self, key: str, chunk: int, blocks: list[bytes | None], *, durable: bool) -> None:
-        self._put(self._chunk_key(key, chunk), join_shard(blocks), durable=durable)
+    def write_chunk(self, key: str, chunk: int, blocks: list[Any], *, durable: bool) -> None:
+        self._put(self._chunk_key(key, chunk), shard_parts(blocks), durable=durable)
 
     def read_chunk(self, key: str, chunk: int, n_blocks: int) -> list[memoryview | bytes | None]:
         where = f"chunk {chunk} of {key} in {self.path}"
@@ -219,23 +221,31 @@ class ZarrBackend(Backend):
             raise CorruptStoreError(f"{where} is missing although the commit record covers it")
         return list(split_shard(data, n_blocks, where=where))
 
+    def _size(self, rel: str) -> int | None:
+        got = self._get_tail(rel, 1)
+        return None if got is None else got[1]
+
     def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
+        """A block by two ranged reads (the chunk's index, then the block). A writer may replace the chunk between
+        them (a partial chunk grows): then the size differs afterwards and the read starts again."""
         chunk, inner = divmod(block, n_blocks_per_chunk)
         where = f"chunk {chunk} of {key} in {self.path}"
+        rel = self._chunk_key(key, chunk)
         isize = index_size(n_blocks_per_chunk)
-        got = self._get_tail(self._chunk_key(key, chunk), isize)
-        if got is None:
-            raise CorruptStoreError(f"{where} is missing although the commit record covers it")
-        tail, size = got
-        if size < isize or len(tail) != isize:
-            raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
-        entry = parse_index(tail, n_blocks_per_chunk, size - isize, where=where)[inner]
-        if entry is None:
-            return None
-        data = self._get_range(self._chunk_key(key, chunk), entry[0], entry[1])
-        if len(data) != entry[1]:
-            raise CorruptStoreError(f"{where} is truncated: block {inner} reads {len(data)} of {entry[1]} bytes")
-        return data
+        for _ in range(5):
+            got = self._get_tail(rel, isize)
+            if got is None:
+                raise CorruptStoreError(f"{where} is missing although the commit record covers it")
+            tail, size = got
+            if size < isize or len(tail) != isize:
+                raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
+            entry = parse_index(tail, n_blocks_per_chunk, size - isize, where=where)[inner]
+            if entry is None:
+                return None
+            data = self._get_range(rel, entry[0], entry[1])
+            if self._size(rel) == size and len(data) == entry[1]:
+                return data
+        raise CorruptStoreError(f"{where} kept changing while it was read")
 
 
 class ZarrDirBackend(ZarrBackend):
@@ -249,6 +259,8 @@ class ZarrDirBackend(ZarrBackend):
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, overwrite: bool) -> ZarrDirBackend:
         root = Path(path)
+        if _interrupted_create(root):  # a create() killed before its first zarr.json: nothing to keep
+            shutil.rmtree(root)
         if root.exists():
             if not overwrite:
                 raise StoreExistsError(f"{root} already exists; pass resume=True to append or overwrite=True to replace it")
@@ -291,15 +303,43 @@ class ZarrDirBackend(ZarrBackend):
         finally:
             os.close(fd)
 
-    def _put(self, rel: str, data: bytes, *, durable: bool) -> None:
+    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
+        # One open file for the index and the block: a writer may rename a newer version of the chunk into place
+        # between the two reads, and offsets from one version must never be applied to the other.
+        chunk, inner = divmod(block, n_blocks_per_chunk)
+        where = f"chunk {chunk} of {key} in {self.path}"
+        try:
+            fd = os.open(self.root / self._chunk_key(key, chunk), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise CorruptStoreError(f"{where} is missing although the commit record covers it") from None
+        try:
+            size = os.fstat(fd).st_size
+            isize = index_size(n_blocks_per_chunk)
+            if size < isize:
+                raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
+            entry = parse_index(os.pread(fd, isize, size - isize), n_blocks_per_chunk, size - isize, where=where)[inner]
+            return None if entry is None else os.pread(fd, entry[1], entry[0])
+        finally:
+            os.close(fd)
+
+    def _put(self, rel: str, data: bytes | list[Any], *, durable: bool) -> None:
         target = self.root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, [data] if isinstance(data, bytes) else data)
             if durable:
-                f.flush()
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
         os.replace(tmp, target)
         if durable:
             dfd = os.open(target.parent, os.O_RDONLY)
@@ -310,6 +350,20 @@ class ZarrDirBackend(ZarrBackend):
 
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _write_all(fd: int, parts: list[Any]) -> None:
+    """``writev`` the buffers, continuing after short writes."""
+    views = [memoryview(p).cast("B") for p in parts if memoryview(p).nbytes]
+    while views:
+        n = os.writev(fd, views[:1024])
+        while n:
+            if n >= views[0].nbytes:
+                n -= views[0].nbytes
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
 
 
 def create_backend(
@@ -355,7 +409,15 @@ def store_exists(path: str | os.PathLike[str], backend: str, storage_options: di
 
     if is_url(path):
         return ZarrRemoteBackend(str(path), storage_options=storage_options, read_only=True)._get("zarr.json") is not None
-    return Path(_local(path)).exists()
+    local = Path(_local(path))
+    return local.exists() and not (backend == "zarr" and _interrupted_create(local))
+
+
+def _interrupted_create(root: Path) -> bool:
+    """A directory holding only what a killed ``create()`` leaves: the lock file and temp files, no zarr.json."""
+    if not root.is_dir() or (root / "zarr.json").exists():
+        return False
+    return all(p.name == ".actstore.lock" or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in root.iterdir())
 
 
 def _local(path: str | os.PathLike[str]) -> str:

@@ -16,7 +16,9 @@ import numpy as np
 
 from ._errors import CorruptStoreError
 
-__all__ = ["BlockCodec", "join_shard", "split_shard"]
+__all__ = ["BlockCodec", "join_shard", "shard_parts", "split_shard"]
+
+Buffer = bytes | bytearray | memoryview
 
 _MISSING = np.uint64(2**64 - 1)
 _BLOSC = {
@@ -26,28 +28,38 @@ _BLOSC = {
 _SHUFFLE_IDS = {"shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
 
 
-def crc32c(data: bytes | memoryview | np.ndarray) -> bytes:
+def crc32c(data: Buffer | np.ndarray) -> bytes:
     return _crc.crc32c(data).to_bytes(4, "little")
 
 
 class BlockCodec:
     """Encodes one block of rows to bytes and decodes it back into a caller's buffer."""
 
-    def __init__(self, name: str, dtype: np.dtype, *, checksum: bool = True) -> None:
+    def __init__(self, name: str, dtype: np.dtype, *, checksum: bool = True, block_bytes: int | None = None) -> None:
         self.name = name
         self.dtype = np.dtype(dtype)
         self.checksum = checksum
         spec = _BLOSC.get(name)
+        # zstd finds far more redundancy when blosc hands it the whole block at once (measured: MiniLM bf16 1.27x
+        # with blosc's automatic split vs 1.38x+ whole); lz4 keeps blosc's cache-sized split, which is faster.
+        self.blocksize = block_bytes if (name == "zstd" and block_bytes) else 0
         self._blosc = (
             None
             if spec is None
-            else numcodecs.Blosc(cname=spec["cname"], clevel=spec["clevel"], shuffle=_SHUFFLE_IDS[spec["shuffle"]])
+            else numcodecs.Blosc(
+                cname=spec["cname"], clevel=spec["clevel"], shuffle=_SHUFFLE_IDS[spec["shuffle"]],
+                blocksize=self.blocksize,
+            )
         )
 
-    def encode(self, block: np.ndarray) -> bytes:
+    def encode_parts(self, block: np.ndarray) -> list[Buffer]:
+        """The encoded block as buffers to write back to back (no copy of uncompressed data)."""
         raw = np.ascontiguousarray(block)
-        body = bytes(raw.data) if self._blosc is None else self._blosc.encode(raw)
-        return body + crc32c(body) if self.checksum else body
+        body: Buffer = memoryview(raw).cast("B") if self._blosc is None else self._blosc.encode(raw)
+        return [body, crc32c(body)] if self.checksum else [body]
+
+    def encode(self, block: np.ndarray) -> bytes:
+        return b"".join(self.encode_parts(block))
 
     def decode(self, data: bytes | memoryview, out: np.ndarray, *, where: str = "block") -> None:
         """Decode ``data`` into ``out`` (C-contiguous, exactly one block), verifying the checksum."""
@@ -76,7 +88,7 @@ class BlockCodec:
             chain.append(
                 {
                     "name": "blosc",
-                    "configuration": {**spec, "typesize": self.dtype.itemsize, "blocksize": 0},
+                    "configuration": {**spec, "typesize": self.dtype.itemsize, "blocksize": self.blocksize},
                 }
             )
         if self.checksum:
@@ -94,21 +106,28 @@ class BlockCodec:
         return dict(hdf5plugin.Blosc(cname=spec["cname"], clevel=spec["clevel"], shuffle=shuffle))
 
 
-def join_shard(blocks: list[bytes | None]) -> bytes:
-    """Concatenate encoded blocks (``None`` = absent) and append the shard index."""
+def shard_parts(blocks: list[list[Buffer] | bytes | None]) -> list[Buffer]:
+    """The buffers of a chunk: encoded blocks (each a list of parts or bytes; ``None`` = absent), then the index."""
     index = np.full((len(blocks), 2), _MISSING, dtype="<u8")
-    parts: list[bytes] = []
+    parts: list[Buffer] = []
     offset = 0
     for i, blob in enumerate(blocks):
         if blob is None:
             continue
-        index[i] = (offset, len(blob))
-        parts.append(blob)
-        offset += len(blob)
+        pieces = [blob] if isinstance(blob, (bytes, bytearray, memoryview)) else blob
+        size = sum(memoryview(p).nbytes for p in pieces)
+        index[i] = (offset, size)
+        parts.extend(pieces)
+        offset += size
     index_bytes = index.tobytes()
     parts.append(index_bytes)
     parts.append(crc32c(index_bytes))
-    return b"".join(parts)
+    return parts
+
+
+def join_shard(blocks: list[list[Buffer] | bytes | None]) -> bytes:
+    """Concatenate encoded blocks (``None`` = absent) and append the shard index."""
+    return b"".join(shard_parts(blocks))
 
 
 def index_size(n_blocks: int) -> int:

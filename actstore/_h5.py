@@ -118,7 +118,7 @@ class H5Backend(Backend):
             if ds.shape[0] < n_rows:  # never shrink: rows past the commit may already hold the next chunk
                 ds.resize((n_rows, ds.shape[1]))
 
-    def write_chunk(self, key: str, chunk: int, blocks: list[bytes | None], *, durable: bool) -> None:
+    def write_chunk(self, key: str, chunk: int, blocks: list[Any], *, durable: bool) -> None:
         with self._io:
             ds = self._dataset(key)
             block_rows = ds.chunks[0]
@@ -127,7 +127,8 @@ class H5Backend(Backend):
                 ds.resize((end, ds.shape[1]))
             for i, blob in enumerate(blocks):
                 if blob is not None:
-                    ds.id.write_direct_chunk(((chunk * len(blocks) + i) * block_rows, 0), blob, 0)
+                    data = blob if isinstance(blob, bytes) else b"".join(blob)
+                    ds.id.write_direct_chunk(((chunk * len(blocks) + i) * block_rows, 0), data, 0)
 
     def read_chunk(self, key: str, chunk: int, n_blocks: int) -> list[memoryview | bytes | None]:
         return [self.read_block(key, chunk * n_blocks + i, n_blocks) for i in range(n_blocks)]

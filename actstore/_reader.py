@@ -180,7 +180,8 @@ class ActStore:
     def _array_reader(self, be: Backend, meta: dict[str, Any], key: str, width: int, dtype: np.dtype,
                       n_rows: int) -> ArrayReader:
         layout = meta["layout"]
-        codec = BlockCodec(layout["codec"], dtype, checksum=be.checksums)
+        codec = BlockCodec(layout["codec"], dtype, checksum=be.checksums,
+                           block_bytes=int(layout["block_rows"]) * width * np.dtype(dtype).itemsize)
         return ArrayReader(be, key, width, dtype, codec, int(layout["chunk_rows"]), int(layout["block_rows"]),
                            n_rows, self._cache)
 

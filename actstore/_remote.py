@@ -68,14 +68,21 @@ class ZarrRemoteBackend(ZarrBackend):
             return None
         return buf.to_bytes(), int(self._sync(self._store.getsize(rel)))
 
+    def _size(self, rel: str) -> int | None:
+        try:
+            return int(self._sync(self._store.getsize(rel)))
+        except FileNotFoundError:
+            return None
+
     def _get_range(self, rel: str, start: int, n: int) -> bytes:
         from zarr.abc.store import RangeByteRequest
 
         buf = self._sync(self._store.get(rel, self._proto, byte_range=RangeByteRequest(start, start + n)))
         return b"" if buf is None else buf.to_bytes()
 
-    def _put(self, rel: str, data: bytes, *, durable: bool) -> None:
-        self._sync(self._store.set(rel, self._proto.buffer.from_bytes(data)))
+    def _put(self, rel: str, data: bytes | list[Any], *, durable: bool) -> None:
+        blob = data if isinstance(data, bytes) else b"".join(data)
+        self._sync(self._store.set(rel, self._proto.buffer.from_bytes(blob)))
 
     def stored_bytes(self) -> int:
         return int(self._sync(self._store.getsize_prefix("")))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._codec import BlockCodec
+from ._codec import BlockCodec, Buffer
 
 
 @dataclass
@@ -19,7 +19,7 @@ class ChunkJob:
     buf: np.ndarray
     """(chunk_rows, width) storage rows; rows >= ``fill`` are ignored."""
     fill: int
-    cached: list[bytes | None]
+    cached: list[list[Buffer] | None]
     """Encoded blocks known to be final (from an earlier partial flush of the same chunk)."""
     final: bool
     """True when the chunk is full and the buffer is no longer needed afterwards."""
@@ -38,7 +38,7 @@ class Table:
     n_rows: int = 0
     """Rows appended so far (all of them, committed or not)."""
     buf: np.ndarray | None = None
-    encoded: list[bytes | None] = field(default_factory=list)
+    encoded: list[list[Buffer] | None] = field(default_factory=list)
     """Encoded blocks of the current chunk that are full and were already encoded (reused by later flushes)."""
     flushed_fill: int = 0
     """``fill`` at the last partial flush of the current chunk (nothing to flush while unchanged)."""
@@ -144,7 +144,7 @@ def count_nonfinite(rows: np.ndarray, logical: str) -> int:
     return int(rows.size - np.count_nonzero(np.isfinite(rows)))
 
 
-def encode_block(job: ChunkJob, table: Table, block: int) -> bytes | None:
+def encode_block(job: ChunkJob, table: Table, block: int) -> list[Buffer] | None:
     """Encode block ``block`` of a job; a partly filled block is zero-padded; an empty one is absent."""
     codec, block_rows = table.codec, table.block_rows
     lo = block * block_rows
@@ -157,11 +157,16 @@ def encode_block(job: ChunkJob, table: Table, block: int) -> bytes | None:
     absolute = job.chunk * table.n_blocks + block
     if hi <= job.fill:
         table.count(absolute, job.buf[lo:hi], full=True)
-        blob = codec.encode(job.buf[lo:hi])
+        blob = codec.encode_parts(job.buf[lo:hi])
         if job.cached:
             job.cached[block] = blob  # a full block never changes again
         return blob
     padded = np.zeros((block_rows, job.buf.shape[1]), dtype=job.buf.dtype)
     padded[: job.fill - lo] = job.buf[lo : job.fill]
     table.count(absolute, padded, full=False)
-    return codec.encode(padded)
+    return codec.encode_parts(padded)
+
+
+def encode_chunk(job: ChunkJob, table: Table) -> list[list[Buffer] | None]:
+    """All blocks of a job, encoded in this thread (one task per chunk keeps thread hand-offs few)."""
+    return [encode_block(job, table, b) for b in range(table.n_blocks)]

@@ -43,7 +43,7 @@ from ._format import (
 )
 from ._parts import ensure_root, parse_part, part_path
 from ._schema import COND_REQUIRED, ROLE_REQUIRED, as_index_column, check_acts, row_matrix
-from ._tables import ChunkJob, Table, count_nonfinite, encode_block
+from ._tables import ChunkJob, Table, count_nonfinite, encode_chunk
 
 __all__ = ["StoreWriter", "create"]
 
@@ -186,7 +186,6 @@ class StoreWriter:
         # writer-thread state
         self._tables: dict[str, Table] = {}
         self._pool = ThreadPoolExecutor(max_workers=config.threads or os.cpu_count() or 2, thread_name_prefix="actstore-enc")
-        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="actstore-io")
         self._inflight: deque[Future[None]] = deque()
         self._pending_mark: dict[str, Any] | None = None
         self._last_commit = time.monotonic()
@@ -366,7 +365,6 @@ class StoreWriter:
         self._queue.put(("close", final, None), 0, lambda: None)
         self._thread.join()
         self._pool.shutdown(wait=True)
-        self._io.shutdown(wait=True)
         self._be.close()
         self._raise_if_failed()
         bad = self.nonfinite
@@ -495,7 +493,9 @@ class StoreWriter:
                 self._add_table(SAMPLE_KEYS["prompt"], spec["prompt_bytes"], np.dtype("u1"))
 
     def _table(self, key: str, width: int, dtype: np.dtype, logical: str | None = None) -> Table:
-        codec = BlockCodec(self._codec_name, dtype, checksum=self._be.checksums)
+        dtype = np.dtype(dtype)
+        codec = BlockCodec(self._codec_name, dtype, checksum=self._be.checksums,
+                           block_bytes=self._block_rows * width * dtype.itemsize)
         if self.config.nonfinite == "allow":
             logical = None
         table = Table(key, width, np.dtype(dtype), codec, self._chunk_rows, self._block_rows, logical=logical)
@@ -518,18 +518,14 @@ class StoreWriter:
 
     def _submit(self, job: ChunkJob) -> None:
         table = self._tables[job.key]
-        blocks = [
-            self._pool.submit(encode_block, job, table, b) for b in range(table.n_blocks)
-        ]
         durable = self.config.durable
 
-        def write() -> None:
-            encoded = [f.result() for f in blocks]
-            self._be.write_chunk(job.key, job.chunk, encoded, durable=durable)
+        def work() -> None:  # one task per chunk: encode its blocks, write the file, recycle the buffer
+            self._be.write_chunk(job.key, job.chunk, encode_chunk(job, table), durable=durable)
             table.recycle(job)
 
-        self._inflight.append(self._io.submit(write))
-        limit = 2 * (self._pool._max_workers + 2)  # bounded memory: wait for the oldest chunk
+        self._inflight.append(self._pool.submit(work))
+        limit = 2 * self._pool._max_workers + 2  # bounded memory: wait for the oldest chunk
         while len(self._inflight) > limit:
             self._inflight.popleft().result()
         while self._inflight and self._inflight[0].done():

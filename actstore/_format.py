@@ -30,6 +30,13 @@ ROW_COLUMNS: tuple[str, ...] = ("sample", "step", "position")
 COND_COLUMNS: tuple[str, ...] = ("sample", "step")
 """Columns of every conditioning table."""
 
+_MAX_ROWS = 1 << 24
+"""Largest chunk_rows / block_rows a reader accepts (bounds the buffers it allocates)."""
+_MAX_WIDTH = 1 << 20
+"""Largest d, prompt_len, prompt_bytes a reader accepts."""
+_MAX_ROWS_TOTAL = 1 << 40
+"""Largest committed row count a reader accepts."""
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 # name -> (torch dtype, numpy storage dtype). bfloat16 is stored as its uint16 bits.
@@ -168,7 +175,7 @@ def validate_metadata(meta: object, path: str) -> dict[str, Any]:
     layout = meta["layout"]
     _expect(layout.get("codec") in ("lz4", "zstd", "none"), path, f"unknown codec {layout.get('codec')!r}")
     for key in ("chunk_rows", "block_rows"):
-        _expect(_is_count(layout.get(key)) and layout[key] > 0, path, f"layout.{key} must be a positive int")
+        _expect(_is_count(layout.get(key)) and 0 < layout[key] <= _MAX_ROWS, path, f"layout.{key} must be in 1..{_MAX_ROWS}")
     _expect(layout["chunk_rows"] % layout["block_rows"] == 0, path, "block_rows must divide chunk_rows")
     for role, spec in meta["roles"].items():
         _check_name_in(role, "role", path)
@@ -200,9 +207,11 @@ def validate_metadata(meta: object, path: str) -> dict[str, Any]:
             _check_name_in(c, "column", path)
         for key in ("prompt_len", "prompt_bytes"):
             val = samples.get(key)
-            _expect(val is None or (_is_count(val) and val > 0), path, f"samples.{key} must be a positive int or null")
+            _expect(val is None or (_is_count(val) and 0 < val <= _MAX_WIDTH), path, f"samples.{key} must be in 1..{_MAX_WIDTH} or null")
         for key in ("prompt_ids", "instruction_mask", "prompt"):
             _expect(isinstance(samples.get(key), bool), path, f"samples.{key} must be a bool")
+        for key, width in (("instruction_mask", "prompt_len"), ("prompt_ids", "prompt_len"), ("prompt", "prompt_bytes")):
+            _expect(not samples[key] or samples.get(width) is not None, path, f"samples.{key} needs samples.{width}")
     commit = meta["commit"]
     _expect(_is_count(commit.get("seq")), path, "commit.seq must be a non-negative int")
     for key, names in (("roles", meta["roles"]), ("conds", meta["conds"])):
@@ -210,7 +219,7 @@ def validate_metadata(meta: object, path: str) -> dict[str, Any]:
         _expect(isinstance(counts, dict), path, f"commit.{key} must be an object")
         for name, n in counts.items():
             _expect(name in names, path, f"commit.{key} names {name!r}, which the metadata does not declare")
-            _expect(_is_count(n), path, f"commit.{key}[{name!r}] must be a non-negative int")
+            _expect(_is_count(n) and n <= _MAX_ROWS_TOTAL, path, f"commit.{key}[{name!r}] must be in 0..{_MAX_ROWS_TOTAL}")
     _expect(_is_count(commit.get("samples")), path, "commit.samples must be a non-negative int")
     _expect(commit.get("progress") is None or isinstance(commit["progress"], dict), path, "commit.progress")
     nonfinite = commit.get("nonfinite", {})
@@ -232,5 +241,5 @@ def _check_name_in(name: object, what: str, path: str) -> None:
 def _check_width_entry(entry: object, path: str, what: str) -> None:
     _expect(isinstance(entry, dict), path, f"{what} must be an object")
     assert isinstance(entry, dict)
-    _expect(_is_count(entry.get("d")) and entry["d"] > 0, path, f"{what} d must be a positive int")
-    _expect(entry.get("dtype") in DTYPES, path, f"{what} dtype must be one of {list(DTYPES)}")
+    _expect(_is_count(entry.get("d")) and 0 < entry["d"] <= _MAX_WIDTH, path, f"{what} d must be in 1..{_MAX_WIDTH}")
+    _expect(isinstance(entry.get("dtype"), str) and entry["dtype"] in DTYPES, path, f"{what} dtype must be one of {list(DTYPES)}")

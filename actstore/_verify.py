@@ -1,0 +1,295 @@
+"""``verify``: check a whole store and report every problem found, not only the first.
+
+What is checked, for every array the metadata declares, over the rows the commit record covers:
+
+- every chunk exists, its index passes its crc32c, and every block holding committed rows is present and decodes
+  (crc32c per block on Zarr stores; the blosc frame checks on HDF5, which carries no checksum);
+- on Zarr stores, each array's ``zarr.json`` exists and its shape covers the committed rows (what plain
+  zarr-python readers go by);
+- the tables agree: every row's ``sample`` is in the samples table, sample ids are unique, steps are ``>= -1``,
+  no conditioning (sample, step) appears twice, and every row of a denoising step has its conditioning vector.
+
+Leftover temp files of an interrupted write and NaN/Inf counts are reported as notes, not problems.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._backend import ZarrBackend, ZarrDirBackend
+from ._codec import BlockCodec
+from ._errors import ActStoreError
+from ._format import DTYPES, NO_STEP, SAMPLE_KEYS, acts_key, cond_acts_key, cond_rows_key, rows_key
+from ._reader import ActStore
+
+__all__ = ["Problem", "VerifyReport", "verify"]
+
+_SHOWN = 5
+"""Examples listed per consistency problem."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a store."""
+
+    array: str | None
+    """The array (``acts/decision/14``, ``rows/decision``, ...), or None for the store as a whole."""
+    chunk: int | None
+    """The chunk index within ``array``, or None when the problem is not about one chunk."""
+    message: str
+    """What is wrong, naming the values involved."""
+
+    def __str__(self) -> str:
+        where = "store" if self.array is None else self.array if self.chunk is None else f"{self.array} chunk {self.chunk}"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of :func:`verify`: ``ok`` when ``problems`` is empty."""
+
+    path: str
+    problems: tuple[Problem, ...] = ()
+    """Every problem found, in the order the arrays were checked."""
+    arrays: int = 0
+    """Arrays checked."""
+    chunks: int = 0
+    """Chunks read and decoded."""
+    rows: dict[str, int] = field(default_factory=dict)
+    """Committed rows per role (and ``cond:<name>``, ``samples``)."""
+    notes: tuple[str, ...] = ()
+    """Things worth knowing that are not damage (leftover temp files, NaN/Inf counts)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> list[str]:
+        """Human-readable lines: a verdict, the counts, then each problem and note."""
+        verdict = "OK" if self.ok else f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        counts = ", ".join(f"{k}: {v}" for k, v in self.rows.items()) or "nothing committed"
+        lines = [f"{self.path}: {verdict} ({self.arrays} arrays, {self.chunks} chunks checked; {counts})"]
+        lines += [f"  problem: {p}" for p in self.problems]
+        lines += [f"  note: {n}" for n in self.notes]
+        return lines
+
+
+@dataclass
+class _Array:
+    key: str
+    width: int
+    dtype: np.dtype
+    n_rows: int
+
+
+def verify(path: str | os.PathLike[str], *, backend: str | None = None) -> VerifyReport:
+    """Read every committed chunk of the store at ``path`` and check its tables agree; never raises for a bad
+    store (an unreadable one gives a report with a store-level problem)."""
+    text = str(path)
+    try:
+        store = ActStore.open(path, backend=backend, cache_bytes=0)
+    except ActStoreError as exc:
+        return VerifyReport(text, (Problem(None, None, str(exc)),))
+    with store:
+        return _Verifier(store).run()
+
+
+class _Verifier:
+    def __init__(self, store: ActStore) -> None:
+        self.store = store
+        self.be = store._be
+        meta = store.meta
+        self.meta = meta
+        self.chunk_rows = int(meta["layout"]["chunk_rows"])
+        self.block_rows = int(meta["layout"]["block_rows"])
+        self.per_chunk = self.chunk_rows // self.block_rows
+        self.problems: list[Problem] = []
+        self.notes: list[str] = []
+        self.chunks = 0
+        self.tables: dict[str, np.ndarray | None] = {}
+        """Decoded int tables (rows, cond rows, samples); None where a chunk failed."""
+
+    def run(self) -> VerifyReport:
+        arrays = self._arrays()
+        for arr in arrays:
+            self._check_array(arr)
+        self._check_tables()
+        self._check_leftovers()
+        nonfinite = self.meta["commit"].get("nonfinite") or {}
+        for key, n in nonfinite.items():
+            self.notes.append(f"{key} holds {n} NaN/Inf values (counted at capture time)")
+        commit = self.meta["commit"]
+        rows = {r: int(commit["roles"].get(r, 0)) for r in self.meta["roles"]}
+        rows.update({f"cond:{c}": int(commit["conds"].get(c, 0)) for c in self.meta["conds"]})
+        rows["samples"] = int(commit["samples"])
+        return VerifyReport(self.store.path, tuple(self.problems), len(arrays), self.chunks, rows, tuple(self.notes))
+
+    # ------------------------------------------------------------------------------------------ arrays
+    def _arrays(self) -> list[_Array]:
+        meta, commit = self.meta, self.meta["commit"]
+        out: list[_Array] = []
+        i8 = np.dtype("<i8")
+        for role, spec in meta["roles"].items():
+            n = int(commit["roles"].get(role, 0))
+            out.append(_Array(rows_key(role), len(spec["columns"]), i8, n))
+            out += [_Array(acts_key(role, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1], n) for e in spec["layers"]]
+        for name, spec in meta["conds"].items():
+            n = int(commit["conds"].get(name, 0))
+            out.append(_Array(cond_rows_key(name), 2, i8, n))
+            out.append(_Array(cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1], n))
+        samples = meta.get("samples")
+        if samples is not None:
+            n = int(commit["samples"])
+            out.append(_Array(SAMPLE_KEYS["table"], len(samples["columns"]), i8, n))
+            for key, width_key, dtype in (
+                ("instruction_mask", "prompt_len", np.dtype("u1")),
+                ("prompt_ids", "prompt_len", i8),
+                ("prompt", "prompt_bytes", np.dtype("u1")),
+            ):
+                if not samples[key]:
+                    continue
+                width = samples.get(width_key)
+                if not isinstance(width, int) or width <= 0:
+                    self._problem(SAMPLE_KEYS[key], None, f"the metadata stores {key} but samples.{width_key} is {width!r}")
+                    continue
+                out.append(_Array(SAMPLE_KEYS[key], width, dtype, n))
+        return out
+
+    def _problem(self, arr: str | None, chunk: int | None, message: str) -> None:
+        self.problems.append(Problem(arr, chunk, message))
+
+    def _check_array(self, arr: _Array) -> None:
+        self._check_zarr_doc(arr)
+        keep = arr.dtype == np.dtype("<i8")
+        data = np.zeros((arr.n_rows, arr.width), dtype=arr.dtype) if keep else None
+        codec = BlockCodec(self.meta["layout"]["codec"], arr.dtype, checksum=self.be.checksums)
+        block = np.empty((self.block_rows, arr.width), dtype=arr.dtype)
+        bad = False
+        for chunk in range(-(-arr.n_rows // self.chunk_rows)):
+            self.chunks += 1
+            first = chunk * self.per_chunk
+            needed = min(self.per_chunk, -(-(arr.n_rows - chunk * self.chunk_rows) // self.block_rows))
+            try:
+                blobs = self._blobs(arr.key, chunk, needed)
+            except ActStoreError as exc:
+                self._problem(arr.key, chunk, str(exc))
+                bad = True
+                continue
+            for i in range(needed):
+                b = first + i
+                blob = blobs[i]
+                if blob is None:
+                    self._problem(arr.key, chunk, f"block {i} is absent although committed rows lie in it")
+                    bad = True
+                    continue
+                try:
+                    codec.decode(blob, block, where=f"block {i} of chunk {chunk} of {arr.key} in {self.store.path}")
+                except ActStoreError as exc:
+                    self._problem(arr.key, chunk, str(exc))
+                    bad = True
+                    continue
+                if data is not None:
+                    lo = b * self.block_rows
+                    hi = min(arr.n_rows, lo + self.block_rows)
+                    data[lo:hi] = block[: hi - lo]
+        if keep:
+            self.tables[arr.key] = None if bad else data
+
+    def _blobs(self, key: str, chunk: int, needed: int) -> list[Any]:
+        if isinstance(self.be, ZarrBackend):  # one read, one index check per chunk
+            return list(self.be.read_chunk(key, chunk, self.per_chunk))
+        return [self.be.read_block(key, chunk * self.per_chunk + i, self.per_chunk) for i in range(needed)]
+
+    def _check_zarr_doc(self, arr: _Array) -> None:
+        root = getattr(self.be, "root", None)
+        if not isinstance(self.be, ZarrDirBackend) or root is None:
+            return
+        doc_path = Path(root) / arr.key / "zarr.json"
+        try:
+            doc = json.loads(doc_path.read_bytes())
+            rows = int(doc["shape"][0])
+            width = int(doc["shape"][1])
+        except FileNotFoundError:
+            self._problem(arr.key, None, "its zarr.json is missing")
+            return
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
+            self._problem(arr.key, None, f"its zarr.json is malformed: {exc!r}")
+            return
+        if rows < arr.n_rows:
+            self._problem(arr.key, None, f"zarr.json shape has {rows} rows, fewer than the {arr.n_rows} committed")
+        if width != arr.width:
+            self._problem(arr.key, None, f"zarr.json shape has width {width}, the metadata says {arr.width}")
+
+    # ------------------------------------------------------------------------------------------ tables
+    def _check_tables(self) -> None:
+        meta = self.meta
+        ids: np.ndarray | None = None
+        samples = meta.get("samples")
+        if samples is not None:
+            table = self.tables.get(SAMPLE_KEYS["table"])
+            if table is not None:
+                ids = table[:, 0]
+                uniq, counts = np.unique(ids, return_counts=True)
+                dup = uniq[counts > 1]
+                if dup.size:
+                    self._problem(SAMPLE_KEYS["table"], None, f"{dup.size} sample ids appear twice, e.g. {dup[:_SHOWN].tolist()}")
+        conds: dict[str, np.ndarray] = {}
+        for name in meta["conds"]:
+            crow = self.tables.get(cond_rows_key(name))
+            if crow is None:
+                continue
+            conds[name] = crow
+            pairs = np.unique(crow, axis=0, return_counts=True)
+            dup = pairs[0][pairs[1] > 1]
+            if dup.size:
+                self._problem(cond_rows_key(name), None, f"{len(dup)} (sample, step) pairs appear twice, e.g. {dup[:_SHOWN].tolist()}")
+            self._check_samples(cond_rows_key(name), crow[:, 0], ids)
+        for role in meta["roles"]:
+            key = rows_key(role)
+            table = self.tables.get(key)
+            if table is None:
+                continue
+            sample, step = table[:, 0], table[:, 1]
+            low = step < NO_STEP
+            if low.any():
+                self._problem(key, None, f"{int(low.sum())} rows have step < {NO_STEP}, e.g. {step[low][:_SHOWN].tolist()}")
+            self._check_samples(key, sample, ids)
+            stepped = step >= 0
+            for name, crow in conds.items():
+                if not stepped.any():
+                    continue
+                want = np.unique(np.stack([sample[stepped], step[stepped]], axis=1), axis=0)
+                lack = ~np.isin(_pair_ids(want), _pair_ids(crow))
+                if lack.any():
+                    shown = [tuple(p) for p in want[lack][:_SHOWN].tolist()]
+                    self._problem(
+                        key, None, f"{int(lack.sum())} (sample, step) pairs have no {name!r} conditioning, e.g. {shown}"
+                    )
+
+    def _check_samples(self, key: str, sample: np.ndarray, ids: np.ndarray | None) -> None:
+        if ids is None or self.meta.get("samples") is None:
+            return
+        unknown = np.setdiff1d(np.unique(sample), ids)
+        if unknown.size:
+            self._problem(key, None, f"{unknown.size} sample ids are not in the samples table, e.g. {unknown[:_SHOWN].tolist()}")
+
+    def _check_leftovers(self) -> None:
+        root = getattr(self.be, "root", None)
+        if not isinstance(self.be, ZarrDirBackend) or root is None:
+            return
+        tmp = [p for p in Path(root).rglob(".*.tmp") if p.is_file()]
+        if tmp:
+            self.notes.append(
+                f"{len(tmp)} temp files of an interrupted write (ignored by readers, safe to delete), e.g. {tmp[0]}"
+            )
+
+
+def _pair_ids(pairs: np.ndarray) -> np.ndarray:
+    """(sample, step) rows as one comparable value each."""
+    return np.ascontiguousarray(pairs.astype("<i8")).view("V16").reshape(-1)

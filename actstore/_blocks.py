@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -170,16 +171,35 @@ class ArrayReader:
             for b in range(b0, b1):
                 self._copy_block(self.block(b), b, start, stop, out)
             return out
-        futures = []
-        for b in range(b0, b1):
-            lo, hi = b * self.block_rows, (b + 1) * self.block_rows
-            if lo >= start and hi <= stop:
-                futures.append(decode_pool().submit(self._fetch_block, b, out[lo - start : hi - start]))
-            else:
-                futures.append(decode_pool().submit(self._edge_block, b, start, stop, out))
-        for f in futures:
+
+        def work(chunk: int, blocks: range) -> None:  # one task per chunk: one file read, its blocks decoded
+            blobs = self._chunk_blobs(chunk, blocks)
+            tmp = None
+            for b in blocks:
+                lo, hi = b * self.block_rows, (b + 1) * self.block_rows
+                if lo >= start and hi <= stop:
+                    self._decode(blobs[b], b, out[lo - start : hi - start])
+                else:
+                    tmp = np.empty((self.block_rows, self.width), dtype=self.dtype) if tmp is None else tmp
+                    self._decode(blobs[b], b, tmp)
+                    self._copy_block(tmp, b, start, stop, out)
+
+        jobs = []
+        for chunk in range(b0 // self.per_chunk, (b1 - 1) // self.per_chunk + 1):
+            blocks = range(max(b0, chunk * self.per_chunk), min(b1, (chunk + 1) * self.per_chunk))
+            jobs.append(decode_pool().submit(work, chunk, blocks))
+        for f in jobs:
             f.result()
         return out
+
+    def _chunk_blobs(self, chunk: int, blocks: Iterable[int]) -> dict[int, bytes | memoryview | None]:
+        """Encoded blocks of one chunk: the whole file in one read when many of its blocks are wanted."""
+        wanted = list(blocks)
+        if len(wanted) * 4 > self.per_chunk:
+            blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk)
+            first = chunk * self.per_chunk
+            return {b: blobs[b - first] for b in wanted}
+        return {b: self.backend.read_block(self.key, b, self.per_chunk) for b in wanted}
 
     def _edge_block(self, b: int, start: int, stop: int, out: np.ndarray) -> None:
         tmp = np.empty((self.block_rows, self.width), dtype=self.dtype)
@@ -205,15 +225,21 @@ class ArrayReader:
             return out
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(uniq.size + 1))
+        chunk_of = uniq // self.per_chunk
+        cuts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
 
-        def work(j: int) -> None:
-            b = int(uniq[j])
-            sel = order[bounds[j] : bounds[j + 1]]
+        def work(j0: int, j1: int) -> None:  # the touched blocks of one chunk
+            chunk = int(chunk_of[j0])
+            blobs = self._chunk_blobs(chunk, (int(b) for b in uniq[j0:j1]))
             tmp = np.empty((self.block_rows, self.width), dtype=self.dtype)
-            self._fetch_block(b, tmp)
-            out[sel] = tmp[idx[sel] - b * self.block_rows]
+            for j in range(j0, j1):
+                b = int(uniq[j])
+                sel = order[bounds[j] : bounds[j + 1]]
+                self._decode(blobs[b], b, tmp)
+                out[sel] = tmp[idx[sel] - b * self.block_rows]
 
-        for f in [decode_pool().submit(work, j) for j in range(uniq.size)]:
+        jobs = [decode_pool().submit(work, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        for f in jobs:
             f.result()
         return out
 

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import BlockCodec, index_size, parse_index, shard_parts, split_shard
+from ._codec import BlockCodec, crc32c, index_size, parse_index, shard_parts, split_shard
 from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError, StoreLockedError
 from ._format import META_KEY
 
@@ -59,7 +60,11 @@ class Backend(ABC):
     def write_chunk(self, key: str, chunk: int, blocks: list[bytes | None], *, durable: bool) -> None: ...
 
     @abstractmethod
-    def read_chunk(self, key: str, chunk: int, n_blocks: int) -> list[memoryview | bytes | None]: ...
+    def read_chunk(
+        self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False
+    ) -> list[memoryview | bytes | None]:
+        """The encoded blocks of one chunk. With ``scratch`` the views may point into a buffer of the calling
+        thread that the thread's next scratch read overwrites (no fresh memory per chunk)."""
 
     @abstractmethod
     def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None: ...
@@ -99,6 +104,8 @@ class FileLock:
 
 
 # ---------------------------------------------------------------------------------------------------- zarr
+
+_SCRATCH = threading.local()
 
 
 def _array_doc(width: int, dtype: np.dtype, codec: BlockCodec, chunk_rows: int, block_rows: int) -> dict[str, Any]:
@@ -214,12 +221,18 @@ class ZarrBackend(Backend):
     def write_chunk(self, key: str, chunk: int, blocks: list[Any], *, durable: bool) -> None:
         self._put(self._chunk_key(key, chunk), shard_parts(blocks), durable=durable)
 
-    def read_chunk(self, key: str, chunk: int, n_blocks: int) -> list[memoryview | bytes | None]:
+    def read_chunk(
+        self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False
+    ) -> list[memoryview | bytes | None]:
         where = f"chunk {chunk} of {key} in {self.path}"
-        data = self._get(self._chunk_key(key, chunk))
+        data = self._get_scratch(self._chunk_key(key, chunk)) if scratch else self._get(self._chunk_key(key, chunk))
         if data is None:
             raise CorruptStoreError(f"{where} is missing although the commit record covers it")
         return list(split_shard(data, n_blocks, where=where))
+
+    def _get_scratch(self, rel: str) -> memoryview | bytes | None:
+        """Like ``_get``, possibly into a per-thread reused buffer."""
+        return self._get(rel)
 
     def _size(self, rel: str) -> int | None:
         got = self._get_tail(rel, 1)
@@ -284,6 +297,62 @@ class ZarrDirBackend(ZarrBackend):
             return (self.root / rel).read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+
+    def _get_scratch(self, rel: str) -> memoryview | bytes | None:
+        try:
+            fd = os.open(self.root / rel, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            buf = getattr(_SCRATCH, "buf", None)
+            if buf is None or len(buf) < size:
+                buf = _SCRATCH.buf = bytearray(max(size, 1 << 20))
+            view = memoryview(buf)[:size]
+            got = 0
+            while got < size:
+                n = os.readv(fd, [view[got:]])
+                if n == 0:
+                    break
+                got += n
+            return view[:got]
+        finally:
+            os.close(fd)
+
+    def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> bool:
+        """Read a whole chunk of raw (codec ``none``) blocks straight into ``outs`` with one ``preadv``, no
+        intermediate copy; verifies the checksums. False when the chunk is not laid out that way."""
+        where = f"chunk {chunk} of {key} in {self.path}"
+        n_blocks = len(outs)
+        try:
+            fd = os.open(self.root / self._chunk_key(key, chunk), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise CorruptStoreError(f"{where} is missing although the commit record covers it") from None
+        try:
+            size = os.fstat(fd).st_size
+            isize = index_size(n_blocks)
+            if size < isize:
+                raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
+            entries = parse_index(os.pread(fd, isize, size - isize), n_blocks, size - isize, where=where)
+            extra = 4 if checksum else 0
+            step = outs[0].nbytes + extra
+            if any(e != (i * step, step) for i, e in enumerate(entries)):
+                return False
+            crcs = [bytearray(4) for _ in outs] if checksum else []
+            views: list[Any] = []
+            for i, out in enumerate(outs):
+                views.append(memoryview(out).cast("B"))
+                if checksum:
+                    views.append(crcs[i])
+            got = os.preadv(fd, views, 0)
+            if got != step * n_blocks:
+                raise CorruptStoreError(f"{where} is truncated: read {got} of {step * n_blocks} bytes")
+        finally:
+            os.close(fd)
+        for i, out in enumerate(outs):
+            if checksum and crc32c(memoryview(out).cast("B")) != bytes(crcs[i]):
+                raise CorruptStoreError(f"checksum mismatch in block {i} of {where}: the stored bytes are corrupt")
+        return True
 
     def _get_tail(self, rel: str, n: int) -> tuple[bytes, int] | None:
         try:

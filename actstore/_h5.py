@@ -130,7 +130,9 @@ class H5Backend(Backend):
                     data = blob if isinstance(blob, bytes) else b"".join(blob)
                     ds.id.write_direct_chunk(((chunk * len(blocks) + i) * block_rows, 0), data, 0)
 
-    def read_chunk(self, key: str, chunk: int, n_blocks: int) -> list[memoryview | bytes | None]:
+    def read_chunk(
+        self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False
+    ) -> list[memoryview | bytes | None]:
         return [self.read_block(key, chunk * n_blocks + i, n_blocks) for i in range(n_blocks)]
 
     def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:

@@ -217,14 +217,15 @@ class _Output:
             out = self.ring[slot][:n]
         else:
             out = self._new()[:n]
+        # torch.index_select: multi-threaded row gather, 5-10x faster than np.take(axis=0) here
+        src = torch.from_numpy(buf.view(np.int16) if self.stored == "bfloat16" else buf)
+        index = torch.from_numpy(idx)
         if self.scratch is None:
-            target = out.view(torch.int16).numpy().view(np.uint16) if self.stored == "bfloat16" else out.numpy()
-            np.take(buf, idx, axis=0, out=target)
+            torch.index_select(src, 0, index, out=out.view(torch.int16) if self.stored == "bfloat16" else out)
         else:
-            tmp = self.scratch[:n]
-            np.take(buf, idx, axis=0, out=tmp)
-            src = torch.from_numpy(tmp)
-            out.copy_(src.view(torch.bfloat16) if self.stored == "bfloat16" else src)
+            tmp = torch.from_numpy(self.scratch[:n].view(np.int16) if self.stored == "bfloat16" else self.scratch[:n])
+            torch.index_select(src, 0, index, out=tmp)
+            out.copy_(tmp.view(torch.bfloat16) if self.stored == "bfloat16" else tmp)
         return out
 
 

@@ -37,7 +37,7 @@ class BenchConfig:
     """Where the generated data lives."""
     device: str = "cpu"
     """``cuda`` adds the GB/s delivered to the GPU with pinned memory."""
-    batches: int = 48
+    batches: int = 64
     """Batches timed per strategy (after one warm-up pass over the data)."""
     sae_steps: int = 6
     """SAE steps timed per mode."""
@@ -152,30 +152,32 @@ def bench_actstore(store: actstore.ActStore, batch: int, n_batches: int, d: int,
     return _rate(batch * n_batches, time.perf_counter() - t0, d)
 
 
-def bench_sae(store: actstore.ActStore, batch: int, steps: int, d: int, m: int) -> dict[str, float]:
+def bench_sae(store: actstore.ActStore, batch: int, steps: int, d: int, m: int, rounds: int = 3) -> dict[str, float]:
+    """SAE training steps/s with batches from the loader vs from memory, interleaved rounds, medians."""
     from actstore._sae import TopKSAE
 
-    out: dict[str, float] = {}
     mem = store[14, "decision"][: batch * 4].float()
-    for mode in ("memory", "loader"):
-        torch.manual_seed(0)
-        sae = TopKSAE(d, m, 32)
-        opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-        loader = iter(store.loader(14, "decision", batch_size=batch, dtype="float32")) if mode == "loader" else None
+    loader = iter(store.loader(14, "decision", batch_size=batch, dtype="float32"))
+    torch.manual_seed(0)
+    sae = TopKSAE(d, m, 32)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
-        def step(x: torch.Tensor, sae: TopKSAE = sae, opt: torch.optim.Optimizer = opt) -> None:
-            xhat, _ = sae(x)
-            loss = (xhat - x).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    def step(x: torch.Tensor) -> None:
+        xhat, _ = sae(x)
+        loss = (xhat - x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
-        step(mem[:batch])  # warm-up
-        t0 = time.perf_counter()
-        for i in range(steps):
-            x = next(loader) if loader is not None else mem[(i % 4) * batch : (i % 4 + 1) * batch]
-            step(x)
-        out[f"{mode}_steps_per_s"] = steps / (time.perf_counter() - t0)
+    step(mem[:batch])  # warm-up (the loader prefetches meanwhile)
+    rates: dict[str, list[float]] = {"memory": [], "loader": []}
+    for _ in range(rounds):
+        for mode in ("memory", "loader"):
+            t0 = time.perf_counter()
+            for i in range(steps):
+                step(next(loader) if mode == "loader" else mem[(i % 4) * batch : (i % 4 + 1) * batch])
+            rates[mode].append(steps / (time.perf_counter() - t0))
+    out = {f"{k}_steps_per_s": float(np.median(v)) for k, v in rates.items()}
     out["loader_cost"] = 1 - out["loader_steps_per_s"] / out["memory_steps_per_s"]
     out["d_sae"] = m
     return out
@@ -191,8 +193,17 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     res: dict[str, Any] = {"n_rows": n, "d": d, "batch": batch, "chunk_rows": chunk, "buffer_chunks": k,
                            "gen_s": time.perf_counter() - t0, "cpus": os.cpu_count()}
     store = actstore.ActStore.open(paths["store"])
+    none_path = paths["store"].with_name(paths["store"].name.replace(".actstore.", ".actstore-none."))
+    if not (none_path / "zarr.json").exists():  # the same rows, uncompressed (codec "none")
+        with actstore.create(none_path, overwrite=True, chunk_rows=chunk, codec="none") as w:
+            for s in range(0, n, chunk):
+                m = min(chunk, n - s)
+                w.append("decision", rows={k: v[s : s + m] for k, v in store.rows("decision").items()},
+                         acts={14: store[14, "decision"][s : s + m]})
+    store_none = actstore.ActStore.open(none_path)
     # warm the page cache once
-    for p in (paths["raw"], *paths["store"].rglob("*"), *paths["pt"].glob("*"), *paths["zarr"].rglob("*")):
+    for p in (paths["raw"], *paths["store"].rglob("*"), *none_path.rglob("*"), *paths["pt"].glob("*"),
+              *paths["zarr"].rglob("*")):
         if p.is_file():
             p.read_bytes()
     n_chunks = n // chunk
@@ -203,10 +214,15 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     res["actstore"] = bench_actstore(store, batch, n_batches, d)
     res["actstore_fresh_buffers"] = bench_actstore(store, batch, n_batches, d, reuse_buffers=False)
     res["actstore_fp32"] = bench_actstore(store, batch, n_batches, d, dtype="float32")
+    bench_actstore(store_none, batch, 4, d)
+    res["actstore_none"] = bench_actstore(store_none, batch, n_batches, d)
     if cfg.device.startswith("cuda"):
         if torch.cuda.is_available():
             bench_actstore(store, batch, 4, d, pin_memory=True, device=cfg.device)
             res["actstore_to_gpu"] = bench_actstore(store, batch, n_batches, d, pin_memory=True, device=cfg.device)
+            bench_actstore(store_none, batch, 4, d, pin_memory=True, device=cfg.device)
+            res["actstore_none_to_gpu"] = bench_actstore(store_none, batch, n_batches, d, pin_memory=True,
+                                                         device=cfg.device)
         else:
             print("no CUDA device; skipped")
     res["sae"] = bench_sae(store, batch if not cfg.smoke else 128, 2 if cfg.smoke else cfg.sae_steps, d,
@@ -222,7 +238,8 @@ def report(res: dict[str, Any]) -> None:
     names = {"memmap_gather": "(a) np.memmap random gather", "torch_load": "(b) torch.load .pt + randperm",
              "zarr_python": "(c) zarr-python random chunks", "actstore": "actstore loader (bf16)",
              "actstore_fresh_buffers": "actstore, reuse_buffers=False", "actstore_fp32": "actstore loader -> float32",
-             "actstore_to_gpu": "actstore -> GPU (pinned)"}
+             "actstore_none": "actstore, codec none (bf16)", "actstore_to_gpu": "actstore -> GPU (pinned)",
+             "actstore_none_to_gpu": "actstore codec none -> GPU (pinned)"}
     for key, label in names.items():
         if key in res:
             r = res[key]

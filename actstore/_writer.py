@@ -113,7 +113,7 @@ def create(
         i, n = parse_part(part)
         if kind != "zarr":
             raise SchemaMismatchError(f"parts need the zarr backend (one HDF5 file has one writer), got {kind!r}")
-        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.block_rows}
+        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
         ensure_root(str(path), n, attrs, layout, f"actstore {__version__}", storage_options)
         path = part_path(path, i)
     if resume and store_exists(path, kind, storage_options):
@@ -130,7 +130,7 @@ def create(
     be = create_backend(path, kind, overwrite=overwrite, storage_options=storage_options)
     try:
         be.lock()
-        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.block_rows}
+        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
         meta = new_metadata(attrs, layout, f"actstore {__version__}")
         be.write_meta(meta, durable=cfg.durable)
     except BaseException:
@@ -156,12 +156,12 @@ class StoreWriter:
         self._chunk_rows = int(layout["chunk_rows"])
         self._block_rows = int(layout["block_rows"])
         self._codec_name = str(layout["codec"])
-        requested = (config.codec, config.chunk_rows, config.block_rows)
+        requested = (config.codec, config.chunk_rows, config.blocks)
         defaults = StoreConfig()
         if resumed and requested != (self._codec_name, self._chunk_rows, self._block_rows) and requested != (
             defaults.codec,
             defaults.chunk_rows,
-            defaults.block_rows,
+            defaults.blocks,
         ):
             warnings.warn(
                 f"resuming {self.path}: keeping its layout {layout}, not the requested codec/chunking",

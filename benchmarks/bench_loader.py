@@ -152,14 +152,23 @@ def bench_actstore(store: actstore.ActStore, batch: int, n_batches: int, d: int,
     return _rate(batch * n_batches, time.perf_counter() - t0, d)
 
 
-def bench_sae(store: actstore.ActStore, batch: int, steps: int, d: int, m: int, rounds: int = 3) -> dict[str, float]:
-    """SAE training steps/s with batches from the loader vs from memory, interleaved rounds, medians."""
+def bench_sae(store: actstore.ActStore, batch: int, steps: int, d: int, m: int, rounds: int = 3,
+              device: str = "cpu") -> dict[str, float]:
+    """SAE training steps/s with batches from the loader vs from memory (on ``device``), interleaved, medians."""
     from actstore._sae import TopKSAE
 
-    mem = store[14, "decision"][: batch * 4].float()
-    loader = iter(store.loader(14, "decision", batch_size=batch, dtype="float32"))
+    mem = store[14, "decision"][: batch * 4].float().to(device)
+    gpu = device.startswith("cuda")
+    epochs = store.loader(14, "decision", batch_size=batch, dtype="float32",
+                          **({"device": device, "pin_memory": True} if gpu else {}))
+
+    def forever() -> Any:  # each pass over ``epochs`` is one epoch; training runs across epochs
+        while True:
+            yield from epochs
+
+    loader = forever()
     torch.manual_seed(0)
-    sae = TopKSAE(d, m, 32)
+    sae = TopKSAE(d, m, 32).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
     def step(x: torch.Tensor) -> None:
@@ -176,6 +185,8 @@ def bench_sae(store: actstore.ActStore, batch: int, steps: int, d: int, m: int, 
             t0 = time.perf_counter()
             for i in range(steps):
                 step(next(loader) if mode == "loader" else mem[(i % 4) * batch : (i % 4 + 1) * batch])
+            if gpu:
+                torch.cuda.synchronize()
             rates[mode].append(steps / (time.perf_counter() - t0))
     out = {f"{k}_steps_per_s": float(np.median(v)) for k, v in rates.items()}
     out["loader_cost"] = 1 - out["loader_steps_per_s"] / out["memory_steps_per_s"]
@@ -223,6 +234,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             bench_actstore(store_none, batch, 4, d, pin_memory=True, device=cfg.device)
             res["actstore_none_to_gpu"] = bench_actstore(store_none, batch, n_batches, d, pin_memory=True,
                                                          device=cfg.device)
+            res["sae_gpu"] = bench_sae(store, batch, 64, d, 8 * d, device=cfg.device)
         else:
             print("no CUDA device; skipped")
     res["sae"] = bench_sae(store, batch if not cfg.smoke else 128, 2 if cfg.smoke else cfg.sae_steps, d,
@@ -247,6 +259,11 @@ def report(res: dict[str, Any]) -> None:
     s = res["sae"]
     print(f"SAE (d={res['d']}, {s['d_sae']} latents, k=32) steps/s: in memory {s['memory_steps_per_s']:.3f}, "
           f"from the loader {s['loader_steps_per_s']:.3f} (loader cost {100 * s['loader_cost']:.1f}%)")
+    if "sae_gpu" in res:
+        g = res["sae_gpu"]
+        print(f"SAE on the GPU (d={res['d']}, {g['d_sae']} latents, k=32) steps/s: in GPU memory "
+              f"{g['memory_steps_per_s']:.2f}, from the loader {g['loader_steps_per_s']:.2f} "
+              f"(loader cost {100 * g['loader_cost']:.1f}%; {g['loader_steps_per_s'] * res['batch'] / 1e6:.2f} M tokens/s)")
 
 
 def main(cfg: BenchConfig) -> None:

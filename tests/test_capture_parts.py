@@ -38,7 +38,7 @@ def _by_sample(store: ActStore, role: str) -> dict[int, torch.Tensor]:
 def test_torchrun_two_ranks_write_one_store(tmp_path: Path) -> None:
     multi = tmp_path / "multi.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "capture", "--output-dir", str(multi), *ARGS]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -104,3 +104,19 @@ def test_s3_exists_and_missing(s3: dict) -> None:
 def test_memory_url_roundtrip() -> None:
     truth = write_store("memory://unit/run.zarr", n_samples=3)  # type: ignore[arg-type]
     assert torch.equal(ActStore.open("memory://unit/run.zarr")[10, "instruction"][:], truth.acts[("instruction", 10)])
+
+
+def test_remote_benchmark_smoke() -> None:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_remote", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_remote.py"
+    )
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["bench_remote"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    res = mod.main(mod.RemoteBench(smoke=True))
+    for where in ("local", "s3_moto"):
+        assert res[where]["seq_read_GBps"] > 0 and res[where]["loader_rows_per_s"] > 0

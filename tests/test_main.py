@@ -16,7 +16,14 @@ from conftest import write_store
 from actstore.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
-WALKTHROUGH = REPO / "docs" / "walkthrough.md"
+README = REPO / "README.md"
+
+
+def _walkthrough() -> str:
+    """The README's walkthrough section (between its markers)."""
+    text = README.read_text()
+    start, end = text.index("<!-- WALKTHROUGH-START -->"), text.index("<!-- WALKTHROUGH-END -->")
+    return text[start:end]
 
 
 def test_plot_export_verify_through_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,8 +75,8 @@ def _command(line: str) -> list[str]:
 
 @pytest.mark.slow
 def test_walkthrough_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every ```bash and ```python block of docs/walkthrough.md, in order, in a scratch directory."""
-    text = WALKTHROUGH.read_text()
+    """Every ```bash and ```python block of the README's walkthrough, in order, in a scratch directory."""
+    text = _walkthrough()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(REPO))
@@ -84,7 +91,7 @@ def test_walkthrough_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             assert json.loads(proc.stdout)["layers"] == [6, 10, 14]
         if line.startswith("actstore lens") and "vlm_lm_head" in line:
             for code in py:
-                exec(compile(code, str(WALKTHROUGH), "exec"), {"__name__": "walkthrough"})
+                exec(compile(code, str(README), "exec"), {"__name__": "walkthrough"})
     for fig in ("figures/decision_layer14.png", "figures/instruction_layer14.png"):
         assert (tmp_path / fig).stat().st_size > 10_000
     assert (tmp_path / "runs" / "demo.h5").is_file()

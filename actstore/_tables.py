@@ -137,10 +137,19 @@ class Table:
         self.flushed_fill = rows.shape[0]
 
 
+_SCRATCH = threading.local()
+
+
 def count_nonfinite(rows: np.ndarray, logical: str) -> int:
     """NaN and +-Inf values in storage-dtype rows (bf16 as uint16 bits: exponent all ones)."""
     if logical == "bfloat16":
-        return int(np.count_nonzero(np.bitwise_and(rows, 0x7FFF) >= 0x7F80))
+        scratch = getattr(_SCRATCH, "u16", None)
+        if scratch is None or scratch.size < rows.size:
+            scratch = _SCRATCH.u16 = np.empty(rows.size, dtype=np.uint16)  # reused: fresh pages cost here
+        exponent = np.bitwise_and(rows.reshape(-1), 0x7F80, out=scratch[: rows.size])
+        if exponent.max(initial=0) != 0x7F80:  # the common case, about twice as fast as counting
+            return 0
+        return int(np.count_nonzero(exponent == 0x7F80))
     return int(rows.size - np.count_nonzero(np.isfinite(rows)))
 
 

@@ -177,9 +177,27 @@ def capture_run(
                     bar.update(1)
         if bar is not None:
             bar.close()
-    if not quiet:
+    if _torchrun_barrier() and not quiet:  # with parts, the summary covers the whole store
         _summary(path, time.perf_counter() - t0, rec.bytes_written)
     return path
+
+
+def _torchrun_barrier() -> bool:
+    """Under torchrun: wait for every rank (gloo) so that rank 0 summarises the finished store; True on the rank
+    that should print."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or "MASTER_ADDR" not in os.environ:
+        return True
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("gloo")
+    try:
+        dist.barrier()
+        return dist.get_rank() == 0
+    finally:
+        if owned:
+            dist.destroy_process_group()
 
 
 def _progress(total: int, initial: int, interval: float, quiet: bool):

@@ -14,7 +14,7 @@ import torch
 from actstore import ActStore
 from capture._cli import capture_run, resolve_part
 
-ARGS = ["--max-batches", "4", "--batch-size", "2", "--num-steps", "2", "--layers", "6", "--quiet"]
+ARGS = ["--max-batches", "4", "--batch-size", "2", "--num-steps", "2", "--layers", "6", "--progress-interval", "60"]
 
 
 def test_resolve_part(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,6 +42,8 @@ def test_torchrun_two_ranks_write_one_store(tmp_path: Path) -> None:
            "-m", "capture", "--output-dir", str(multi), *ARGS]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("activations") == 1  # after a gloo barrier, rank 0 alone prints the whole store
+    assert "samples  8" in done.stdout
     single = capture_run(output_dir=str(tmp_path / "single.zarr"), max_batches=4, batch_size=2, num_steps=2,
                          layers=(6,), quiet=True)
     a, b = ActStore.open(multi), ActStore.open(single)

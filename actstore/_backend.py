@@ -15,6 +15,7 @@ import shutil
 import threading
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -319,41 +320,6 @@ class ZarrDirBackend(ZarrBackend):
         finally:
             os.close(fd)
 
-    def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> bool:
-        """Read a whole chunk of raw (codec ``none``) blocks straight into ``outs`` with one ``preadv``, no
-        intermediate copy; verifies the checksums. False when the chunk is not laid out that way."""
-        where = f"chunk {chunk} of {key} in {self.path}"
-        n_blocks = len(outs)
-        try:
-            fd = os.open(self.root / self._chunk_key(key, chunk), os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise CorruptStoreError(f"{where} is missing although the commit record covers it") from None
-        try:
-            size = os.fstat(fd).st_size
-            isize = index_size(n_blocks)
-            if size < isize:
-                raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
-            entries = parse_index(os.pread(fd, isize, size - isize), n_blocks, size - isize, where=where)
-            extra = 4 if checksum else 0
-            step = outs[0].nbytes + extra
-            if any(e != (i * step, step) for i, e in enumerate(entries)):
-                return False
-            crcs = [bytearray(4) for _ in outs] if checksum else []
-            views: list[Any] = []
-            for i, out in enumerate(outs):
-                views.append(memoryview(out).cast("B"))
-                if checksum:
-                    views.append(crcs[i])
-            got = os.preadv(fd, views, 0)
-            if got != step * n_blocks:
-                raise CorruptStoreError(f"{where} is truncated: read {got} of {step * n_blocks} bytes")
-        finally:
-            os.close(fd)
-        for i, out in enumerate(outs):
-            if checksum and crc32c(memoryview(out).cast("B")) != bytes(crcs[i]):
-                raise CorruptStoreError(f"checksum mismatch in block {i} of {where}: the stored bytes are corrupt")
-        return True
-
     def _get_tail(self, rel: str, n: int) -> tuple[bytes, int] | None:
         try:
             fd = os.open(self.root / rel, os.O_RDONLY)
@@ -372,10 +338,11 @@ class ZarrDirBackend(ZarrBackend):
         finally:
             os.close(fd)
 
-    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
-        # One open file for the index and the block: a writer may rename a newer version of the chunk into place
-        # between the two reads, and offsets from one version must never be applied to the other.
-        chunk, inner = divmod(block, n_blocks_per_chunk)
+    @contextlib.contextmanager
+    def _open_chunk(self, key: str, chunk: int, n_blocks: int) -> Iterator[tuple[int, list[tuple[int, int] | None]]]:
+        """An open chunk file and its parsed index. Index and blocks are read through this one descriptor: a
+        writer may rename a newer version of the chunk into place meanwhile, and offsets from one version must
+        never be applied to the other."""
         where = f"chunk {chunk} of {key} in {self.path}"
         try:
             fd = os.open(self.root / self._chunk_key(key, chunk), os.O_RDONLY)
@@ -383,13 +350,40 @@ class ZarrDirBackend(ZarrBackend):
             raise CorruptStoreError(f"{where} is missing although the commit record covers it") from None
         try:
             size = os.fstat(fd).st_size
-            isize = index_size(n_blocks_per_chunk)
+            isize = index_size(n_blocks)
             if size < isize:
                 raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
-            entry = parse_index(os.pread(fd, isize, size - isize), n_blocks_per_chunk, size - isize, where=where)[inner]
-            return None if entry is None else os.pread(fd, entry[1], entry[0])
+            yield fd, parse_index(os.pread(fd, isize, size - isize), n_blocks, size - isize, where=where)
         finally:
             os.close(fd)
+
+    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
+        chunk, inner = divmod(block, n_blocks_per_chunk)
+        with self._open_chunk(key, chunk, n_blocks_per_chunk) as (fd, entries):
+            entry = entries[inner]
+            return None if entry is None else os.pread(fd, entry[1], entry[0])
+
+    def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> bool:
+        """Read a whole chunk of raw (codec ``none``) blocks straight into ``outs`` with one ``preadv``, no
+        intermediate copy; verifies the checksums. False when the chunk is not laid out that way."""
+        where = f"chunk {chunk} of {key} in {self.path}"
+        step = outs[0].nbytes + (4 if checksum else 0)
+        crcs = [bytearray(4) for _ in outs] if checksum else []
+        with self._open_chunk(key, chunk, len(outs)) as (fd, entries):
+            if any(e != (i * step, step) for i, e in enumerate(entries)):
+                return False
+            views: list[Any] = []
+            for i, out in enumerate(outs):
+                views.append(memoryview(out).cast("B"))
+                if checksum:
+                    views.append(crcs[i])
+            got = os.preadv(fd, views, 0)
+        if got != step * len(outs):
+            raise CorruptStoreError(f"{where} is truncated: read {got} of {step * len(outs)} bytes")
+        for i, out in enumerate(outs):
+            if checksum and crc32c(memoryview(out).cast("B")) != bytes(crcs[i]):
+                raise CorruptStoreError(f"checksum mismatch in block {i} of {where}: the stored bytes are corrupt")
+        return True
 
     def _put(self, rel: str, data: bytes | list[Any], *, durable: bool) -> None:
         target = self.root / rel

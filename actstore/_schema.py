@@ -10,7 +10,7 @@ import numpy as np
 from ._errors import SchemaMismatchError
 from ._format import COND_COLUMNS, ROW_COLUMNS, check_name, to_storage
 
-__all__ = ["as_index_column", "check_acts", "row_matrix"]
+__all__ = ["as_index_column", "as_int_matrix", "check_acts", "encode_prompts", "natural", "pad_to", "row_matrix"]
 
 
 def as_index_column(values: Any, name: str, n: int | None) -> np.ndarray:
@@ -72,3 +72,46 @@ def check_acts(values: Any, what: str, width: int | None, dtype: str | None) -> 
 
 ROLE_REQUIRED = ROW_COLUMNS
 COND_REQUIRED = COND_COLUMNS
+
+
+def natural(text: str) -> tuple[int, int | str]:
+    return (0, int(text)) if text.isdigit() else (1, text)
+
+
+def as_int_matrix(value: Any, what: str, n: int, dtype: type) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise SchemaMismatchError(f"{what} must have shape ({n}, L), got {arr.shape}")
+    if arr.dtype.kind not in "iub":
+        raise SchemaMismatchError(f"{what} must hold integers or bools, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def pad_to(mat: np.ndarray, width: int, what: str) -> np.ndarray:
+    if mat.shape[1] > width:
+        raise SchemaMismatchError(
+            f"{what} is {mat.shape[1]} tokens wide but the store holds {width}; pad every batch to the same "
+            "maximum prompt length (the first append fixes it)"
+        )
+    if mat.shape[1] == width:
+        return mat
+    out = np.zeros((mat.shape[0], width), dtype=mat.dtype)
+    out[:, : mat.shape[1]] = mat
+    return out
+
+
+def encode_prompts(prompts: list[str], width: int) -> np.ndarray:
+    out = np.zeros((len(prompts), width), dtype=np.uint8)
+    for i, text in enumerate(prompts):
+        if not isinstance(text, str):
+            raise SchemaMismatchError(f"prompt {i} must be a str, got {type(text).__name__}")
+        raw = text.encode("utf-8")
+        if len(raw) > width or b"\0" in raw:
+            raise SchemaMismatchError(
+                f"prompt {i} is {len(raw)} UTF-8 bytes{' with a NUL' if b'{0}' in raw else ''}; "
+                f"the store holds prompts of at most {width} bytes without NUL (StoreConfig.max_prompt_bytes)"
+            )
+        out[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out

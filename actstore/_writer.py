@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import json
 import os
-import queue
 import threading
 import time
 import warnings
@@ -28,7 +27,7 @@ from . import __version__
 from ._backend import Backend, create_backend, detect_backend, open_backend, store_exists
 from ._codec import BlockCodec
 from ._config import StoreConfig
-from ._errors import ActStoreError, SchemaMismatchError, WriterClosedError, WriterFailedError
+from ._errors import SchemaMismatchError, WriterClosedError, WriterFailedError
 from ._format import (
     DTYPES,
     SAMPLE_KEYS,
@@ -42,43 +41,23 @@ from ._format import (
     validate_metadata,
 )
 from ._parts import ensure_root, parse_part, part_path
-from ._schema import COND_REQUIRED, ROLE_REQUIRED, as_index_column, check_acts, row_matrix
+from ._queue import ByteQueue
+from ._schema import (
+    COND_REQUIRED,
+    ROLE_REQUIRED,
+    as_index_column,
+    as_int_matrix,
+    check_acts,
+    encode_prompts,
+    natural,
+    pad_to,
+    row_matrix,
+)
 from ._tables import ChunkJob, Table, count_nonfinite, encode_chunk
 
 __all__ = ["StoreWriter", "create"]
 
 Done = Callable[[], None] | None
-
-
-class _ByteQueue:
-    """A FIFO bounded by the bytes it holds (one oversized item is always admitted)."""
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self._used = 0
-        self._items: deque[tuple[Any, int]] = deque()
-        self._cv = threading.Condition()
-
-    def put(self, item: Any, nbytes: int, failed: Callable[[], BaseException | None]) -> None:
-        with self._cv:
-            while self._used and self._used + nbytes > self._cap:
-                if failed() is not None:
-                    return
-                self._cv.wait(0.1)
-            self._items.append((item, nbytes))
-            self._used += nbytes
-            self._cv.notify_all()
-
-    def get(self, timeout: float | None) -> tuple[Any, int] | None:
-        with self._cv:
-            if not self._items:
-                self._cv.wait(timeout)
-            return self._items.popleft() if self._items else None
-
-    def release(self, nbytes: int) -> None:
-        with self._cv:
-            self._used -= nbytes
-            self._cv.notify_all()
 
 
 def create(
@@ -191,7 +170,7 @@ class StoreWriter:
         self._last_commit = time.monotonic()
         self._error: BaseException | None = None
         self._closed = False
-        self._queue = _ByteQueue(config.queue_bytes)
+        self._queue = ByteQueue(config.queue_bytes)
         if resumed:
             self._load_resume_state()
         self._thread = threading.Thread(target=self._run, name="actstore-writer", daemon=True)
@@ -220,8 +199,8 @@ class StoreWriter:
             known = {str(e["layer"]): e for e in spec["layers"]}
             if set(layer_names) != set(known):
                 raise SchemaMismatchError(
-                    f"role {role!r} holds layers {sorted(known, key=_natural)}; an append must give exactly those, "
-                    f"got {sorted(layer_names, key=_natural)}"
+                    f"role {role!r} holds layers {sorted(known, key=natural)}; an append must give exactly those, "
+                    f"got {sorted(layer_names, key=natural)}"
                 )
         arrays: list[tuple[str, np.ndarray]] = []
         n: int | None = None
@@ -244,7 +223,7 @@ class StoreWriter:
         assert n is not None
         mat, columns = row_matrix(rows, n, None if spec is None else spec["columns"], ROLE_REQUIRED, f"role {role!r}")
         if spec is None:
-            new_layers.sort(key=lambda e: _natural(str(e["layer"])))
+            new_layers.sort(key=lambda e: natural(str(e["layer"])))
             self._declare("role", role, {"columns": columns, "layers": new_layers})
         self._put(("append", [(rows_key(role), mat), *arrays], done), f"role:{role}", n)
 
@@ -294,17 +273,17 @@ class StoreWriter:
             value = instruction_mask if key == "instruction_mask" else prompt_ids
             if value is None:
                 continue
-            mat = _as_int_matrix(value, key, n, np.uint8 if key == "instruction_mask" else np.int64)
+            mat = as_int_matrix(value, key, n, np.uint8 if key == "instruction_mask" else np.int64)
             if prompt_len is None:
                 prompt_len = mat.shape[1]
-            mat = _pad_to(mat, prompt_len, key)
+            mat = pad_to(mat, prompt_len, key)
             arrays.append((SAMPLE_KEYS[key], mat))
         prompt_bytes = None if spec is None else spec["prompt_bytes"]
         if prompt is not None:
             if isinstance(prompt, str) or len(prompt) != n:
                 raise SchemaMismatchError(f"prompt must be a list of {n} strings, one per sample")
             prompt_bytes = prompt_bytes or self.config.max_prompt_bytes
-            arrays.append((SAMPLE_KEYS["prompt"], _encode_prompts(prompt, prompt_bytes)))
+            arrays.append((SAMPLE_KEYS["prompt"], encode_prompts(prompt, prompt_bytes)))
         if spec is None:
             self._declare(
                 "samples",
@@ -645,49 +624,3 @@ class StoreWriter:
             hi = min(start + count, (b + 1) * self._block_rows)
             out[lo - start : hi - start] = block[lo - b * self._block_rows : hi - b * self._block_rows]
         return out
-
-
-def _natural(text: str) -> tuple[int, int | str]:
-    return (0, int(text)) if text.isdigit() else (1, text)
-
-
-def _as_int_matrix(value: Any, what: str, n: int, dtype: type) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
-    if arr.ndim != 2 or arr.shape[0] != n:
-        raise SchemaMismatchError(f"{what} must have shape ({n}, L), got {arr.shape}")
-    if arr.dtype.kind not in "iub":
-        raise SchemaMismatchError(f"{what} must hold integers or bools, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=dtype)
-
-
-def _pad_to(mat: np.ndarray, width: int, what: str) -> np.ndarray:
-    if mat.shape[1] > width:
-        raise SchemaMismatchError(
-            f"{what} is {mat.shape[1]} tokens wide but the store holds {width}; pad every batch to the same "
-            "maximum prompt length (the first append fixes it)"
-        )
-    if mat.shape[1] == width:
-        return mat
-    out = np.zeros((mat.shape[0], width), dtype=mat.dtype)
-    out[:, : mat.shape[1]] = mat
-    return out
-
-
-def _encode_prompts(prompts: list[str], width: int) -> np.ndarray:
-    out = np.zeros((len(prompts), width), dtype=np.uint8)
-    for i, text in enumerate(prompts):
-        if not isinstance(text, str):
-            raise SchemaMismatchError(f"prompt {i} must be a str, got {type(text).__name__}")
-        raw = text.encode("utf-8")
-        if len(raw) > width or b"\0" in raw:
-            raise SchemaMismatchError(
-                f"prompt {i} is {len(raw)} UTF-8 bytes{' with a NUL' if b'{0}' in raw else ''}; "
-                f"the store holds prompts of at most {width} bytes without NUL (StoreConfig.max_prompt_bytes)"
-            )
-        out[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return out
-
-
-_ = ActStoreError, queue  # re-exported names used in type positions only

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _procs import run_group
 
 from actstore import ActStore
 from capture._cli import capture_run, resolve_part
@@ -40,7 +40,7 @@ def test_torchrun_two_ranks_write_one_store(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "capture", "--output-dir", str(multi), *ARGS]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = run_group(cmd, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("activations") == 1  # after a gloo barrier, rank 0 alone prints the whole store
     assert "samples  8" in done.stdout

@@ -9,6 +9,8 @@ intact; rows after it are ignored and overwritten on resume.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
 import dataclasses
 import json
@@ -16,6 +18,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -118,6 +121,18 @@ def create(
     return StoreWriter(be, meta, cfg, resumed=False)
 
 
+_OPEN: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
+"""Writers not closed yet: closed (and committed) at interpreter exit, so a forgotten ``close()`` loses nothing."""
+
+
+@atexit.register
+def _close_open_writers() -> None:
+    for writer in list(_OPEN):
+        warnings.warn(f"closing the writer of {writer.path} at exit: call close() or use 'with'", stacklevel=1)
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
 class StoreWriter:
     """Appends activations, row tables, conditioning and per-sample tables to one store.
 
@@ -175,6 +190,7 @@ class StoreWriter:
             self._load_resume_state()
         self._thread = threading.Thread(target=self._run, name="actstore-writer", daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     # ------------------------------------------------------------------------------------------ public API
     def __enter__(self) -> StoreWriter:
@@ -336,6 +352,7 @@ class StoreWriter:
         self._raise_if_failed()
 
     def close(self, *, commit_pending: bool = True) -> None:
+        _OPEN.discard(self)
         """Flush the last partial chunks, write the final commit and release the store. Idempotent."""
         if self._closed:
             return
@@ -503,7 +520,11 @@ class StoreWriter:
             self._be.write_chunk(job.key, job.chunk, encode_chunk(job, table), durable=durable)
             table.recycle(job)
 
-        self._inflight.append(self._pool.submit(work))
+        try:
+            self._inflight.append(self._pool.submit(work))
+        except RuntimeError:  # the interpreter is exiting (pools refuse work): write on this thread
+            work()
+            return
         limit = 2 * self._pool._max_workers + 2  # bounded memory: wait for the oldest chunk
         while len(self._inflight) > limit:
             self._inflight.popleft().result()

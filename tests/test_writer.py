@@ -215,3 +215,21 @@ def test_rollback_forgets_the_failed_batch(store_path: Path, n_first: int, n_bad
         np.testing.assert_array_equal(store.rows("r")["sample"], np.arange(n_first + 30))
         np.testing.assert_array_equal(store.samples()["sample"], np.arange(4))
         assert store.commit["progress"] == {"batches": 2}
+
+
+def test_forgotten_close_commits_at_exit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, torch, actstore\n"
+        f"w = actstore.create({str(tmp_path / 'f.zarr')!r}, autocommit=False, commit_interval_s=3600)\n"
+        "w.append('r', rows={'sample': np.arange(5), 'step': np.zeros(5, int), 'position': np.zeros(5, int)},"
+        " acts={0: torch.ones(5, 3)})\n"
+        "w.commit({'batches': 1})\n"  # never closed, and the commit interval has not passed
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "closing the writer" in done.stderr
+    with ActStore.open(tmp_path / "f.zarr") as store:
+        assert len(store[0, "r"]) == 5 and store.commit["progress"] == {"batches": 1}

@@ -77,6 +77,8 @@ class Export:
     """Replace an existing output."""
     progress: bool = True
     """Show a progress bar."""
+    codec: Literal["lz4", "zstd", "none"] | None = None
+    """Re-encode a store conversion (h5 / zarr) with this codec: none reads fastest, zstd is smallest."""
 
 
 @dataclass(frozen=True)
@@ -154,11 +156,14 @@ def export(cmd: Export) -> int:
     from ._export import export as run_export
 
     src = Path(cmd.path.rstrip("/"))
-    out = cmd.out or str(src.with_suffix({"h5": ".h5", "zarr": ".zarr", "npy": ".npy", "safetensors": ".safetensors"}[cmd.to]))
+    suffix = {"h5": ".h5", "zarr": ".zarr", "npy": ".npy", "safetensors": ".safetensors"}[cmd.to]
+    out = cmd.out or str(src.with_suffix(suffix))
+    if cmd.out is None and Path(out) == src:  # zarr -> zarr (a re-encode): never onto the source
+        out = str(src.with_name(f"{src.stem}.{cmd.codec or 'copy'}{suffix}"))
     layers = None if cmd.layer is None else [_layer(x) for x in cmd.layer]
     written = run_export(cmd.path, cmd.to, out, layer=layers, role=None if cmd.role is None else list(cmd.role),
                          step=None if cmd.step is None else list(cmd.step), overwrite=cmd.overwrite,
-                         progress=cmd.progress)
+                         progress=cmd.progress, codec=cmd.codec)
     print(written)
     return 0
 

@@ -22,7 +22,7 @@ Buffer = bytes | bytearray | memoryview
 
 _MISSING = np.uint64(2**64 - 1)
 _BLOSC = {
-    "lz4": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
+    "lz4": {"cname": "lz4", "clevel": 9, "shuffle": "bitshuffle"},
     "zstd": {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"},
 }
 _SHUFFLE_IDS = {"shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}

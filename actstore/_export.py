@@ -55,16 +55,20 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 # ------------------------------------------------------------------------------------------ store conversion
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, backend: str | None = None,
-            overwrite: bool = False, progress: bool = False) -> Path:
-    """Copy the store at ``src`` into a new store at ``dst`` (backend from ``dst``'s suffix unless given), bit-exact."""
+            overwrite: bool = False, progress: bool = False, codec: str | None = None) -> Path:
+    """Copy the store at ``src`` into a new store at ``dst`` (backend from ``dst``'s suffix unless given), bit-exact;
+    ``codec`` re-encodes the blocks (e.g. ``none`` for the fastest training reads) without changing a value."""
     import actstore
 
     dst = Path(dst)
+    if dst.resolve() == Path(src).resolve():
+        raise SchemaMismatchError(f"cannot convert {src} onto itself; give another output path")
     with ActStore.open(src) as store:
         layout = store.meta["layout"]
         spec = store.meta["samples"]
-        config = actstore.StoreConfig(codec=layout["codec"], chunk_rows=int(layout["chunk_rows"]),
-                                      block_rows=int(layout["block_rows"]), autocommit=False,
+        same = codec is None or codec == layout["codec"]
+        config = actstore.StoreConfig(codec=layout["codec"] if same else codec, chunk_rows=int(layout["chunk_rows"]),
+                                      block_rows=int(layout["block_rows"]) if same else None, autocommit=False,
                                       max_prompt_bytes=int((spec or {}).get("prompt_bytes") or 1024))
         step = config.chunk_rows
         with actstore.create(dst, attrs=store.attrs, config=config, backend=backend, overwrite=overwrite) as w:
@@ -223,7 +227,7 @@ def _export_safetensors(store: ActStore, out: Path, chosen: list[tuple[str, list
 # ------------------------------------------------------------------------------------------ entry point
 def export(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str], *,
            layer: list[int | str] | None = None, role: list[str] | None = None, step: list[int] | None = None,
-           overwrite: bool = False, progress: bool = False) -> Path:
+           overwrite: bool = False, progress: bool = False, codec: str | None = None) -> Path:
     """Export the store at ``path`` in format ``to`` (one of :data:`FORMATS`) to ``out``; see the module docstring.
 
     ``layer`` / ``role`` / ``step`` restrict npy and safetensors exports; a store conversion (zarr, h5) always copies
@@ -236,7 +240,10 @@ def export(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str], *
         if layer is not None or role is not None or step is not None:
             raise SchemaMismatchError(f"--to {to} converts the whole store bit-exact; --layer/--role/--step only "
                                       "apply to npy and safetensors exports")
-        return convert(path, out, backend="zarr" if to == "zarr" else "hdf5", overwrite=overwrite, progress=progress)
+        return convert(path, out, backend="zarr" if to == "zarr" else "hdf5", overwrite=overwrite, progress=progress,
+                       codec=codec)
+    if codec is not None:
+        raise SchemaMismatchError(f"--codec applies to store conversions (--to zarr / h5), not to --to {to}")
     _check_out(out, overwrite)
     with ActStore.open(path) as store:
         chosen = _select(store, layer, role, step)

@@ -108,3 +108,22 @@ def test_selection_errors(tmp_path: Path) -> None:
         export(tmp_path / "run.zarr", "csv", tmp_path / "d")
     with pytest.raises(actstore.SchemaMismatchError, match="whole store"):
         export(tmp_path / "run.zarr", "h5", tmp_path / "e.h5", step=[1])
+
+
+def test_reencode_to_codec_none_is_bit_exact(tmp_path) -> None:
+    from conftest import write_store
+
+    import actstore
+    from actstore._export import convert
+
+    src = tmp_path / "a.zarr"
+    truth = write_store(src, n_samples=6)
+    out = convert(src, tmp_path / "b.zarr", codec="none")
+    with actstore.ActStore.open(out) as store:
+        assert store.meta["layout"]["codec"] == "none"
+        for (role, layer), ref in truth.acts.items():
+            assert torch.equal(store[layer, role][:].view(torch.uint16), ref.view(torch.uint16))
+        assert store.samples()["prompt"] == truth.samples["prompt"]
+    with pytest.raises(ValueError, match="onto itself"):
+        convert(src, src, overwrite=True)
+    assert actstore.ActStore.open(src).num_samples == 6  # the source is untouched

@@ -124,19 +124,10 @@ class ArrayReader:
         self.cache.put((self.backend.path, self.key, block), out)
         return out
 
-    def read_chunk_into(self, chunk: int, out: np.ndarray, parallel: bool = True) -> None:
-        """Decode all blocks of ``chunk`` into ``out`` (chunk_rows x width), in parallel over blocks."""
-        blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk, scratch=True)
-        first = chunk * self.per_chunk
-        jobs = [
-            (blob, first + i, out[i * self.block_rows : (i + 1) * self.block_rows]) for i, blob in enumerate(blobs)
-        ]
-        if parallel and len(jobs) > 1:
-            for f in [decode_pool().submit(self._decode, *j) for j in jobs]:
-                f.result()
-        else:
-            for j in jobs:
-                self._decode(*j)
+    def read_chunk_into(self, chunk: int, out: np.ndarray) -> None:
+        """Decode every row of a full ``chunk`` into ``out`` (chunk_rows x width)."""
+        first = chunk * self.chunk_rows
+        self.read_chunk_rows(chunk, np.arange(first, first + self.chunk_rows), out)
 
     # ---------------------------------------------------------------------------------------- chunks
     def chunk_index(self, rows: np.ndarray) -> np.ndarray:
@@ -206,11 +197,6 @@ class ArrayReader:
             first = chunk * self.per_chunk
             return {b: blobs[b - first] for b in wanted}
         return {b: self.backend.read_block(self.key, b, self.per_chunk) for b in wanted}
-
-    def _edge_block(self, b: int, start: int, stop: int, out: np.ndarray) -> None:
-        tmp = np.empty((self.block_rows, self.width), dtype=self.dtype)
-        self._fetch_block(b, tmp)
-        self._copy_block(tmp, b, start, stop, out)
 
     def _copy_block(self, data: np.ndarray, b: int, start: int, stop: int, out: np.ndarray) -> None:
         lo = max(start, b * self.block_rows)

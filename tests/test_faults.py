@@ -194,3 +194,37 @@ def test_bad_reads_name_the_value(tmp_path: Path) -> None:
         store.instructions(6, -1, role="decision")
     with pytest.raises(UnknownKeyError, match="holds no prompt text"):
         store.prompt(0)
+
+
+def test_disk_full_on_a_small_filesystem(tmp_path: Path) -> None:
+    """A real ENOSPC: a 3 MiB tmpfs fills up mid-capture; the error is clear, the last commit survives."""
+    import torch
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        path = mnt / "run.zarr"
+        acts = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))  # 256 KiB a batch, incompressible
+        w = actstore.create(path, autocommit=False, commit_interval_s=0, chunk_rows=256, block_rows=64)
+        committed = 0
+        with pytest.raises(actstore.WriterFailedError, match="No space left") as info:
+            for i in range(64):
+                rows = {"sample": np.arange(256) + 256 * i, "step": np.zeros(256, int), "position": np.arange(256)}
+                w.append("r", rows=rows, acts={0: acts})
+                w.commit({"batches": i + 1})
+                w.flush()
+                committed = i + 1
+        assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
+        assert committed > 0
+        with pytest.raises(actstore.WriterFailedError):
+            w.close()
+        with actstore.ActStore.open(path) as store:
+            assert store.commit["progress"] == {"batches": committed}
+            assert len(store[0, "r"]) == 256 * committed
+            assert torch.equal(store[0, "r"][-256:], acts)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -31,7 +31,7 @@ import torch
 
 __all__ = ["ActGenerator", "ActProfile", "cached_rows", "describe"]
 
-_FORMAT = 2
+_FORMAT = 3
 """Bumped whenever the generator's output changes, so stale cache files are not reused."""
 
 
@@ -100,8 +100,9 @@ class ActGenerator:
         g = torch.Generator().manual_seed(p.seed * 1_000_003 + t)
         x_ND = torch.randn(n, p.d, generator=g)
         x_ND.mul_(self._std_D).add_(self._mean_D)
-        if self._basis_RD is not None:
-            x_ND.addmm_(torch.randn(n, p.rank, generator=g), self._basis_RD)
+        if self._basis_RD is not None:  # in float64: the product's last bits then never depend on BLAS threading
+            coef_NR = torch.randn(n, p.rank, generator=g).double()
+            x_ND.add_((coef_NR @ self._basis_RD.double()).float())
         x_ND.mul_(torch.exp(p.token_scale_sigma * torch.randn(n, 1, generator=g)))
         pos_N = torch.arange(t * n, (t + 1) * n) % p.seq_len
         bos = (pos_N == 0).nonzero().squeeze(1)

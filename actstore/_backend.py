@@ -299,10 +299,15 @@ class ZarrDirBackend(ZarrBackend):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
-    def _get_scratch(self, rel: str) -> memoryview | bytes | None:
+    def _open_or_none(self, rel: str) -> int | None:
         try:
-            fd = os.open(self.root / rel, os.O_RDONLY)
+            return os.open(self.root / rel, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def _get_scratch(self, rel: str) -> memoryview | bytes | None:
+        fd = self._open_or_none(rel)
+        if fd is None:
             return None
         try:
             size = os.fstat(fd).st_size
@@ -321,9 +326,8 @@ class ZarrDirBackend(ZarrBackend):
             os.close(fd)
 
     def _get_tail(self, rel: str, n: int) -> tuple[bytes, int] | None:
-        try:
-            fd = os.open(self.root / rel, os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        fd = self._open_or_none(rel)
+        if fd is None:
             return None
         try:
             size = os.fstat(fd).st_size

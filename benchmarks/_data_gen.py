@@ -103,7 +103,9 @@ class ActGenerator:
         if self._basis_RD is not None:  # in float64: the product's last bits then never depend on BLAS threading
             coef_NR = torch.randn(n, p.rank, generator=g).double()
             x_ND.add_((coef_NR @ self._basis_RD.double()).float())
-        x_ND.mul_(torch.exp(p.token_scale_sigma * torch.randn(n, 1, generator=g)))
+        # exp in float64: a float32 exp can differ by an ulp between SIMD and scalar paths (buffer alignment),
+        # which would make the same rows differ between runs
+        x_ND.mul_(torch.exp(p.token_scale_sigma * torch.randn(n, 1, generator=g).double()).float())
         pos_N = torch.arange(t * n, (t + 1) * n) % p.seq_len
         bos = (pos_N == 0).nonzero().squeeze(1)
         if bos.numel():

@@ -19,6 +19,8 @@ from capture import (
 )
 from capture._adapters import load_callable
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-exact model comparisons
+
 
 def tiny_gemma(checkpoint_path, seed):
     """Factory used below: a 4-layer random Hugging Face Gemma causal LM."""

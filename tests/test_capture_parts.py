@@ -14,6 +14,8 @@ from _procs import run_group
 from actstore import ActStore
 from capture._cli import capture_run, resolve_part
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the ranks run with OMP_NUM_THREADS=1: compare alike
+
 ARGS = ["--max-batches", "4", "--batch-size", "2", "--num-steps", "2", "--layers", "6", "--progress-interval", "60"]
 
 

@@ -26,6 +26,8 @@ from capture import (
     make_batch,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-exact model comparisons
+
 STEPS = 3
 
 

@@ -7,6 +7,8 @@ import torch
 
 from capture import AdaRMSNorm, ReferenceConfig, ReferencePi05, SyntheticConfig, make_batch
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-exact model comparisons
+
 PATHS = [
     "paligemma_with_expert.paligemma.model.language_model.layers.14",
     "paligemma_with_expert.paligemma.model.language_model.norm",

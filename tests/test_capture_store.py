@@ -10,6 +10,8 @@ from _capture_util import layer_outputs
 import capture
 from capture import Recorder, ReferenceConfig, ReferencePi05, SyntheticConfig, adapter_for, make_batch
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-exact model comparisons
+
 actstore = pytest.importorskip("actstore")
 if not hasattr(actstore, "create"):
     pytest.skip("actstore.create not available yet", allow_module_level=True)

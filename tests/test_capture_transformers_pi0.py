@@ -8,6 +8,8 @@ from _capture_util import layer_outputs
 
 from capture import Recorder, SyntheticConfig, TinyPI0Config, adapter_for, build_tiny_pi0, make_batch
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-exact model comparisons
+
 pytest.importorskip("transformers.models.pi0")
 actstore = pytest.importorskip("actstore")
 

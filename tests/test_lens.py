@@ -28,6 +28,8 @@ from actstore.lens import (
     velocity_lens,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-exact model comparisons
+
 capture = pytest.importorskip("capture")
 
 

@@ -15,6 +15,8 @@ from safetensors.torch import save_file
 import actstore
 from actstore._sae import TopKSAE
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two training runs compared bit for bit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,57 @@ SAMPLE_KEYS = {
     "prompt_ids": "samples/prompt_ids",
     "prompt": "samples/prompt",
 }
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One stored array as the schema declares it."""
+
+    key: str
+    width: int
+    dtype: np.dtype
+    """Storage dtype."""
+    logical: str | None = None
+    """Activation dtype name for activation arrays (their NaN/Inf are counted), None for tables."""
+
+
+def arrays_of(kind: str, name: str, spec: Mapping[str, Any]) -> list[ArraySpec]:
+    """The arrays of one declared ``role`` / ``cond`` (by name) or of the ``samples`` table."""
+    i8 = np.dtype("<i8")
+    if kind == "role":
+        return [ArraySpec(rows_key(name), len(spec["columns"]), i8)] + [
+            ArraySpec(acts_key(name, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1], e["dtype"]) for e in spec["layers"]
+        ]
+    if kind == "cond":
+        return [
+            ArraySpec(cond_rows_key(name), 2, i8),
+            ArraySpec(cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1], spec["dtype"]),
+        ]
+    out = [ArraySpec(SAMPLE_KEYS["table"], len(spec["columns"]), i8)]
+    for key, width, dtype in (("instruction_mask", "prompt_len", np.dtype("u1")), ("prompt_ids", "prompt_len", i8),
+                              ("prompt", "prompt_bytes", np.dtype("u1"))):
+        if spec[key]:
+            out.append(ArraySpec(SAMPLE_KEYS[key], spec[width], dtype))
+    return out
+
+
+def schema_arrays(meta: Mapping[str, Any]) -> list[tuple[ArraySpec, int]]:
+    """Every array a (validated) metadata document declares, with its committed row count."""
+    out = [(a, committed_rows(a.key, meta["commit"])) for role, spec in meta["roles"].items()
+           for a in arrays_of("role", role, spec)]
+    out += [(a, committed_rows(a.key, meta["commit"])) for name, spec in meta["conds"].items()
+            for a in arrays_of("cond", name, spec)]
+    if meta["samples"] is not None:
+        out += [(a, int(meta["commit"]["samples"])) for a in arrays_of("samples", "samples", meta["samples"])]
+    return out
+
+
+def committed_rows(key: str, counts: Mapping[str, Any]) -> int:
+    """Rows of array ``key`` in a commit record (or a writer's mark): its role's, cond's or the samples' count."""
+    kind, _, rest = key.partition("/")
+    if kind == "samples":
+        return int(counts["samples"])
+    return int(counts["conds" if kind == "cond" else "roles"].get(rest.split("/")[0], 0))
 
 
 def now_iso() -> str:

@@ -18,6 +18,7 @@ from ._format import (
     NO_STEP,
     SAMPLE_KEYS,
     acts_key,
+    committed_rows,
     cond_acts_key,
     cond_rows_key,
     from_storage,
@@ -186,14 +187,11 @@ class ActStore:
                            n_rows, self._cache)
 
     def _concat_reader(self, key: str, width: int, dtype: np.dtype) -> Any:
-        kind, _, rest = key.partition("/")
-        name = rest.split("/")[0]
         readers = []
         for be, meta in self._parts:
-            c = meta["commit"]
-            n = c["samples"] if kind == "samples" else c["conds" if kind == "cond" else "roles"].get(name, 0)
+            n = committed_rows(key, meta["commit"])
             if n:
-                readers.append(self._array_reader(be, meta, key, width, dtype, int(n)))
+                readers.append(self._array_reader(be, meta, key, width, dtype, n))
         return ConcatReader(readers, width, dtype, self._chunk_rows)
 
     def _read_all(self, key: str, width: int, dtype: np.dtype, n_rows: int) -> np.ndarray:

@@ -25,7 +25,13 @@ import numpy as np
 from ._backend import ZarrBackend, ZarrDirBackend
 from ._codec import BlockCodec
 from ._errors import ActStoreError
-from ._format import DTYPES, NO_STEP, SAMPLE_KEYS, acts_key, cond_acts_key, cond_rows_key, rows_key
+from ._format import (
+    NO_STEP,
+    SAMPLE_KEYS,
+    cond_rows_key,
+    rows_key,
+    schema_arrays,
+)
 from ._reader import ActStore
 
 __all__ = ["Problem", "VerifyReport", "verify"]
@@ -132,34 +138,7 @@ class _Verifier:
 
     # ------------------------------------------------------------------------------------------ arrays
     def _arrays(self) -> list[_Array]:
-        meta, commit = self.meta, self.meta["commit"]
-        out: list[_Array] = []
-        i8 = np.dtype("<i8")
-        for role, spec in meta["roles"].items():
-            n = int(commit["roles"].get(role, 0))
-            out.append(_Array(rows_key(role), len(spec["columns"]), i8, n))
-            out += [_Array(acts_key(role, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1], n) for e in spec["layers"]]
-        for name, spec in meta["conds"].items():
-            n = int(commit["conds"].get(name, 0))
-            out.append(_Array(cond_rows_key(name), 2, i8, n))
-            out.append(_Array(cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1], n))
-        samples = meta.get("samples")
-        if samples is not None:
-            n = int(commit["samples"])
-            out.append(_Array(SAMPLE_KEYS["table"], len(samples["columns"]), i8, n))
-            for key, width_key, dtype in (
-                ("instruction_mask", "prompt_len", np.dtype("u1")),
-                ("prompt_ids", "prompt_len", i8),
-                ("prompt", "prompt_bytes", np.dtype("u1")),
-            ):
-                if not samples[key]:
-                    continue
-                width = samples.get(width_key)
-                if not isinstance(width, int) or width <= 0:
-                    self._problem(SAMPLE_KEYS[key], None, f"the metadata stores {key} but samples.{width_key} is {width!r}")
-                    continue
-                out.append(_Array(SAMPLE_KEYS[key], width, dtype, n))
-        return out
+        return [_Array(a.key, a.width, a.dtype, n) for a, n in schema_arrays(self.meta)]
 
     def _problem(self, arr: str | None, chunk: int | None, message: str) -> None:
         self.problems.append(Problem(arr, chunk, message))

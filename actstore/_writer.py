@@ -32,15 +32,17 @@ from ._codec import BlockCodec
 from ._config import StoreConfig
 from ._errors import SchemaMismatchError, WriterClosedError, WriterFailedError
 from ._format import (
-    DTYPES,
     SAMPLE_KEYS,
     acts_key,
+    arrays_of,
     check_name,
+    committed_rows,
     cond_acts_key,
     cond_rows_key,
     new_metadata,
     now_iso,
     rows_key,
+    schema_arrays,
     validate_metadata,
 )
 from ._parts import ensure_root, parse_part, part_path
@@ -472,21 +474,8 @@ class StoreWriter:
             self._meta["samples"] = spec
         else:
             self._meta[f"{kind}s"][name] = spec
-        if kind == "role":
-            self._add_table(rows_key(name), len(spec["columns"]), np.dtype("<i8"))
-            for e in spec["layers"]:
-                self._add_table(acts_key(name, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1], e["dtype"])
-        elif kind == "cond":
-            self._add_table(cond_rows_key(name), 2, np.dtype("<i8"))
-            self._add_table(cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1], spec["dtype"])
-        else:
-            self._add_table(SAMPLE_KEYS["table"], len(spec["columns"]), np.dtype("<i8"))
-            if spec["instruction_mask"]:
-                self._add_table(SAMPLE_KEYS["instruction_mask"], spec["prompt_len"], np.dtype("u1"))
-            if spec["prompt_ids"]:
-                self._add_table(SAMPLE_KEYS["prompt_ids"], spec["prompt_len"], np.dtype("<i8"))
-            if spec["prompt"]:
-                self._add_table(SAMPLE_KEYS["prompt"], spec["prompt_bytes"], np.dtype("u1"))
+        for a in arrays_of(kind, name, spec):
+            self._add_table(a.key, a.width, a.dtype, a.logical)
 
     def _table(self, key: str, width: int, dtype: np.dtype, logical: str | None = None) -> Table:
         dtype = np.dtype(dtype)
@@ -534,7 +523,7 @@ class StoreWriter:
     def _do_rollback(self, mark: dict[str, Any]) -> None:
         self._drain()  # rows of earlier chunks are on disk before any is read back
         for key, table in self._tables.items():
-            target = self._group_count(key, mark)
+            target = committed_rows(key, mark)
             if table.n_rows <= target:
                 continue
             start = table.n_rows - table.fill  # first row of the buffered chunk
@@ -546,13 +535,6 @@ class StoreWriter:
                 table.n_rows = target
                 if fill:
                     table.load_partial(self._read_rows(table, target - fill, fill))
-
-    def _group_count(self, key: str, mark: dict[str, Any]) -> int:
-        kind, _, rest = key.partition("/")
-        name = rest.split("/")[0]
-        if kind == "samples":
-            return int(mark["samples"])
-        return int(mark["conds" if kind == "cond" else "roles"].get(name, 0))
 
     def _drain(self) -> None:
         while self._inflight:
@@ -598,35 +580,14 @@ class StoreWriter:
     # ------------------------------------------------------------------------------------------- resume
     def _load_resume_state(self) -> None:
         commit = self._meta["commit"]
-        groups: list[tuple[list[tuple[Any, ...]], int]] = []
-        for role, spec in self._meta["roles"].items():
-            tabs = [(rows_key(role), len(spec["columns"]), np.dtype("<i8"))]
-            tabs += [(acts_key(role, str(e["layer"])), e["d"], DTYPES[e["dtype"]][1], e["dtype"]) for e in spec["layers"]]
-            groups.append((tabs, int(commit["roles"].get(role, 0))))
-        for name, spec in self._meta["conds"].items():
-            tabs = [
-                (cond_rows_key(name), 2, np.dtype("<i8")),
-                (cond_acts_key(name), spec["d"], DTYPES[spec["dtype"]][1], spec["dtype"]),
-            ]
-            groups.append((tabs, int(commit["conds"].get(name, 0))))
+        for a, n in schema_arrays(self._meta):
+            table = self._table(a.key, a.width, a.dtype, a.logical)
+            table.n_rows = n
+            fill = n % self._chunk_rows
+            if fill:
+                table.load_partial(self._read_rows(table, n - fill, fill))
+            self._tables[a.key] = table
         samples = self._meta["samples"]
-        if samples is not None:
-            tabs = [(SAMPLE_KEYS["table"], len(samples["columns"]), np.dtype("<i8"))]
-            if samples["instruction_mask"]:
-                tabs.append((SAMPLE_KEYS["instruction_mask"], samples["prompt_len"], np.dtype("u1")))
-            if samples["prompt_ids"]:
-                tabs.append((SAMPLE_KEYS["prompt_ids"], samples["prompt_len"], np.dtype("<i8")))
-            if samples["prompt"]:
-                tabs.append((SAMPLE_KEYS["prompt"], samples["prompt_bytes"], np.dtype("u1")))
-            groups.append((tabs, int(commit["samples"])))
-        for tabs, n in groups:
-            for key, width, dtype, *logical in tabs:
-                table = self._table(key, width, dtype, *logical)
-                table.n_rows = n
-                fill = n % self._chunk_rows
-                if fill:
-                    table.load_partial(self._read_rows(table, n - fill, fill))
-                self._tables[key] = table
         if samples is not None and commit["samples"]:
             ids = self._read_rows(self._tables[SAMPLE_KEYS["table"]], 0, int(commit["samples"]))[:, 0]
             self._sample_ids.update(int(s) for s in ids)

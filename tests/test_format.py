@@ -13,9 +13,11 @@ from actstore import CorruptStoreError, FormatVersionError, InvalidNameError
 from actstore._format import (
     FORMAT_VERSION,
     check_name,
+    committed_rows,
     dtype_name,
     from_storage,
     new_metadata,
+    schema_arrays,
     to_storage,
     validate_metadata,
 )
@@ -89,3 +91,22 @@ def test_newer_format_version_is_refused() -> None:
         validate_metadata(m, "x")
     with pytest.raises(CorruptStoreError):
         validate_metadata([1, 2], "x")
+
+
+def test_schema_arrays_and_committed_rows() -> None:
+    m = _meta()
+    m["conds"]["adarms"] = {"d": 4, "dtype": "float32"}
+    m["commit"]["conds"]["adarms"] = 3
+    m["samples"] = {"columns": ["sample"], "prompt_len": 5, "prompt_bytes": None, "prompt_ids": False,
+                    "instruction_mask": True, "prompt": False}
+    m["commit"]["samples"] = 2
+    got = {a.key: (a.width, a.dtype.str, a.logical, n) for a, n in schema_arrays(m)}
+    assert got == {
+        "rows/decision": (3, "<i8", None, 10),
+        "acts/decision/6": (8, "<u2", "bfloat16", 10),
+        "cond/adarms/rows": (2, "<i8", None, 3),
+        "cond/adarms/acts": (4, "<f4", "float32", 3),
+        "samples/table": (1, "<i8", None, 2),
+        "samples/instruction_mask": (5, "|u1", None, 2),
+    }
+    assert committed_rows("acts/nope/1", m["commit"]) == 0

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import SchemaMismatchError
-from ._format import COND_COLUMNS, ROW_COLUMNS, check_name, to_storage
+from ._format import check_name, to_storage
 
 __all__ = ["as_index_column", "as_int_matrix", "check_acts", "encode_prompts", "natural", "pad_to", "row_matrix"]
 
@@ -69,9 +69,6 @@ def check_acts(values: Any, what: str, width: int | None, dtype: str | None) -> 
         raise SchemaMismatchError(f"activations of {what} are {name}, but the store holds {dtype}")
     return arr, name
 
-
-ROLE_REQUIRED = ROW_COLUMNS
-COND_REQUIRED = COND_COLUMNS
 
 
 def natural(text: str) -> tuple[int, int | str]:

@@ -32,6 +32,8 @@ from ._codec import BlockCodec
 from ._config import StoreConfig
 from ._errors import SchemaMismatchError, WriterClosedError, WriterFailedError
 from ._format import (
+    COND_COLUMNS,
+    ROW_COLUMNS,
     SAMPLE_KEYS,
     acts_key,
     arrays_of,
@@ -48,8 +50,6 @@ from ._format import (
 from ._parts import ensure_root, parse_part, part_path
 from ._queue import ByteQueue
 from ._schema import (
-    COND_REQUIRED,
-    ROLE_REQUIRED,
     as_index_column,
     as_int_matrix,
     check_acts,
@@ -169,9 +169,8 @@ class StoreWriter:
         """Producer-side schema (the writer thread's ``_meta`` catches up through ``declare`` items)."""
         commit = meta["commit"]
         # producer-side view of what is appended (validated synchronously)
-        self._counts: dict[str, int] = {f"role:{r}": int(commit["roles"].get(r, 0)) for r in meta["roles"]}
-        self._counts.update({f"cond:{c}": int(commit["conds"].get(c, 0)) for c in meta["conds"]})
-        self._counts["samples"] = int(commit["samples"])
+        self._counts: dict[str, Any] = _counts_of(commit)
+        """Rows appended so far, shaped like a commit record: ``roles`` / ``conds`` by name, ``samples``."""
         self._progress: dict[str, Any] | None = commit.get("progress")
         self.committed_progress: dict[str, Any] | None = commit.get("progress")
         """The ``progress`` of the last commit when the store was opened (resume from there)."""
@@ -239,11 +238,11 @@ class StoreWriter:
             arrays.append((acts_key(role, text), arr))
             new_layers.append({"layer": layer, "d": int(arr.shape[1]), "dtype": dtype})
         assert n is not None
-        mat, columns = row_matrix(rows, n, None if spec is None else spec["columns"], ROLE_REQUIRED, f"role {role!r}")
+        mat, columns = row_matrix(rows, n, None if spec is None else spec["columns"], ROW_COLUMNS, f"role {role!r}")
         if spec is None:
             new_layers.sort(key=lambda e: natural(str(e["layer"])))
             self._declare("role", role, {"columns": columns, "layers": new_layers})
-        self._put(("append", [(rows_key(role), mat), *arrays], done), f"role:{role}", n)
+        self._put(("append", [(rows_key(role), mat), *arrays], done), ("roles", role), n)
 
     def append_cond(self, name: str, rows: Mapping[str, Any], acts: Any, *, done: Done = None) -> None:
         """Append conditioning vectors (e.g. ``adarms``), one row per (sample, step)."""
@@ -254,10 +253,10 @@ class StoreWriter:
             acts, f"cond {name!r}", None if spec is None else spec["d"], None if spec is None else spec["dtype"]
         )
         self._check_finite(arr, dtype, f"cond {name!r}")
-        mat, _ = row_matrix(rows, arr.shape[0], list(COND_REQUIRED), COND_REQUIRED, f"cond {name!r}")
+        mat, _ = row_matrix(rows, arr.shape[0], list(COND_COLUMNS), COND_COLUMNS, f"cond {name!r}")
         if spec is None:
             self._declare("cond", name, {"d": int(arr.shape[1]), "dtype": dtype})
-        self._put(("append", [(cond_rows_key(name), mat), (cond_acts_key(name), arr)], done), f"cond:{name}", arr.shape[0])
+        self._put(("append", [(cond_rows_key(name), mat), (cond_acts_key(name), arr)], done), ("conds", name), arr.shape[0])
 
     def append_samples(
         self,
@@ -311,7 +310,7 @@ class StoreWriter:
         new = [int(s) for s in ids]
         self._sample_ids.update(new)
         self._new_ids.extend(new)
-        self._put(("append", arrays, None), "samples", n)
+        self._put(("append", arrays, None), ("samples", None), n)
 
     def commit(self, progress: Mapping[str, Any] | None = None) -> None:
         """Mark a consistent point; everything appended so far becomes visible together (within the interval)."""
@@ -328,10 +327,7 @@ class StoreWriter:
         """Drop everything appended since the last mark (the last ``commit()``), e.g. after a failed batch."""
         self._check_open()
         snap = self._last_mark
-        for key in list(self._counts):
-            group = key[5:] if key.startswith(("role:", "cond:")) else key
-            kind = "roles" if key.startswith("role:") else "conds" if key.startswith("cond:") else None
-            self._counts[key] = snap["samples"] if kind is None else snap[kind].get(group, 0)
+        self._counts = _counts_of(snap)
         self._sample_ids.difference_update(self._new_ids)
         self._new_ids.clear()
         self._progress = snap["progress"]
@@ -398,12 +394,7 @@ class StoreWriter:
             raise WriterFailedError(f"the background writer of {self.path} failed: {self._error!r}") from self._error
 
     def _snapshot(self) -> dict[str, Any]:
-        return {
-            "roles": {k[5:]: v for k, v in self._counts.items() if k.startswith("role:")},
-            "conds": {k[5:]: v for k, v in self._counts.items() if k.startswith("cond:")},
-            "samples": self._counts["samples"],
-            "progress": self._progress,
-        }
+        return {**_counts_of(self._counts), "progress": self._progress}
 
     def _declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
         self._queue.put(("declare", (kind, name, copy.deepcopy(spec)), None), 0, self._failed)
@@ -411,13 +402,16 @@ class StoreWriter:
             self._schema["samples"] = spec
         else:
             self._schema[f"{kind}s"][name] = spec
-        self._counts.setdefault("samples" if kind == "samples" else f"{kind}:{name}", 0)
 
-    def _put(self, item: tuple[str, Any, Any], group: str, n: int) -> None:
+    def _put(self, item: tuple[str, Any, Any], group: tuple[str, str | None], n: int) -> None:
         nbytes = sum(a.nbytes for _, a in item[1])
         self._queue.put(item, nbytes, self._failed)
         self._raise_if_failed()
-        self._counts[group] += n
+        kind, name = group
+        if name is None:
+            self._counts[kind] += n
+        else:
+            self._counts[kind][name] = self._counts[kind].get(name, 0) + n
         if self.config.autocommit:
             self._mark()
 
@@ -606,3 +600,8 @@ class StoreWriter:
             hi = min(start + count, (b + 1) * self._block_rows)
             out[lo - start : hi - start] = block[lo - b * self._block_rows : hi - b * self._block_rows]
         return out
+
+
+def _counts_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the row counts of a commit record or mark (``roles``, ``conds``, ``samples``)."""
+    return {"roles": dict(record["roles"]), "conds": dict(record["conds"]), "samples": int(record["samples"])}

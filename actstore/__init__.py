@@ -1,10 +1,16 @@
-"""actstore: capture neural-network activations into chunked, compressed stores and train SAEs on them."""
+"""actstore: capture neural-network activations into chunked, compressed stores and train SAEs on them.
+
+``import actstore`` is cheap: the error classes are imported at once, every other public name (and with it torch,
+h5py, zarr or matplotlib) only when first used, so ``actstore --help`` / ``--version`` / ``info`` start fast.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from ._config import CODECS, StoreConfig
 from ._errors import (
     ActStoreError,
     CorruptStoreError,
@@ -19,11 +25,55 @@ from ._errors import (
     WriterClosedError,
     WriterFailedError,
 )
-from ._format import FORMAT_VERSION, NO_STEP
-from ._loader import ActDataset, ActLoader, LoaderConfig
-from ._reader import ActStore
-from ._view import ActView
-from ._writer import StoreWriter, create
+
+if TYPE_CHECKING:
+    from ._config import CODECS, ConfigError, StoreConfig
+    from ._export import convert, export
+    from ._format import FORMAT_VERSION, NO_STEP
+    from ._info import summarize
+    from ._loader import ActDataset, ActLoader
+    from ._loader_config import LoaderConfig
+    from ._reader import ActStore
+    from ._reader import open_store as open  # noqa: A004
+    from ._verify import VerifyReport, verify
+    from ._view import ActView
+    from ._writer import StoreWriter, create
+
+_LAZY: dict[str, tuple[str, str]] = {
+    "CODECS": ("._config", "CODECS"),
+    "ConfigError": ("._config", "ConfigError"),
+    "StoreConfig": ("._config", "StoreConfig"),
+    "FORMAT_VERSION": ("._format", "FORMAT_VERSION"),
+    "NO_STEP": ("._format", "NO_STEP"),
+    "ActDataset": ("._loader", "ActDataset"),
+    "ActLoader": ("._loader", "ActLoader"),
+    "LoaderConfig": ("._loader_config", "LoaderConfig"),
+    "ActStore": ("._reader", "ActStore"),
+    "open": ("._reader", "open_store"),
+    "ActView": ("._view", "ActView"),
+    "StoreWriter": ("._writer", "StoreWriter"),
+    "create": ("._writer", "create"),
+    "verify": ("._verify", "verify"),
+    "VerifyReport": ("._verify", "VerifyReport"),
+    "export": ("._export", "export"),
+    "convert": ("._export", "convert"),
+    "summarize": ("._info", "summarize"),
+}
+"""Public name -> (private module, attribute), imported on first access (PEP 562)."""
+
+
+def __getattr__(name: str) -> Any:
+    spec = _LAZY.get(name)
+    if spec is None:
+        raise AttributeError(f"module 'actstore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(spec[0], __name__), spec[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CODECS",
@@ -34,6 +84,7 @@ __all__ = [
     "ActStore",
     "ActStoreError",
     "ActView",
+    "ConfigError",
     "CorruptStoreError",
     "FormatVersionError",
     "InvalidNameError",
@@ -46,8 +97,14 @@ __all__ = [
     "StoreLockedError",
     "StoreWriter",
     "UnknownKeyError",
+    "VerifyReport",
     "WriterClosedError",
     "WriterFailedError",
     "__version__",
+    "convert",
     "create",
+    "export",
+    "open",
+    "summarize",
+    "verify",
 ]

@@ -5,22 +5,34 @@
     actstore export run.zarr --to h5|zarr|npy|safetensors [--out PATH] [--layer 14] [--role decision] [--step 0 9]
     actstore lens run.zarr --layer 14 [--head action|vlm_lm_head|expert_lm_head] [--step 9]
     actstore verify run.zarr
+    actstore --version
 
-Each subcommand is a frozen dataclass handled by a plain function; errors from actstore print one line on stderr
-and exit with status 2 (``verify`` exits 1 when it finds problems).
+Each subcommand is a frozen dataclass handled by a plain function returning the exit status; ``SUBCOMMANDS`` maps
+the name to both (add a subcommand by adding one entry). Errors print one line, ``actstore: error: ...``, on
+stderr. Exit status: 0 success; 2 bad arguments (unparsable command line, or an option value or combination
+refused before the store is read: :class:`~actstore.ConfigError`); 1 failure (no such store, no such layer in
+it, corrupt data, ``verify`` found problems, an OS error). torch, zarr and matplotlib are imported only by the
+subcommands that use them: ``--help``, ``--version`` and ``info`` start in a fraction of a second.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
+from . import __version__
 from ._errors import ActStoreError
+
+PROG = "actstore"
 
 Pos = tyro.conf.Positional
 
@@ -238,31 +250,87 @@ def torch_col(values: object) -> object:
 
 
 def verify(cmd: Verify) -> int:
-    try:
-        from ._verify import verify as run_verify  # type: ignore[import-not-found]
-    except ImportError:
-        print("actstore: error: verify is not available in this version (actstore._verify is missing)", file=sys.stderr)
-        return 2
+    from ._verify import verify as run_verify
+
     report = run_verify(cmd.path)
     for line in report.render():
         print(line)
     return 0 if report.ok else 1
 
 
-COMMANDS = {Info: info, Plot: plot, Export: export, Lens: lens, Verify: verify}
-NAMES = {"info": Info, "plot": Plot, "export": Export, "lens": Lens, "verify": Verify}
+SUBCOMMANDS: dict[str, tuple[type, Callable[[Any], int]]] = {
+    "info": (Info, info),
+    "plot": (Plot, plot),
+    "export": (Export, export),
+    "lens": (Lens, lens),
+    "verify": (Verify, verify),
+}
+"""Subcommand name -> (its frozen dataclass of options, the function that runs it and returns the exit status)."""
+
+
+class UsageError(ActStoreError, ValueError):
+    """The command line could not be parsed (tyro's message, flattened to one line)."""
+
+
+_RULE = re.compile(r"^[\s\-\u2500-\u257f]+$")  # a horizontal rule of tyro's error box (ASCII or box drawing)
+
+
+def _one_line(rendered: str) -> str:
+    """tyro's multi-line error box as one line: the title, then the body up to the 'For full helptext' part."""
+    lines = [ln.strip().strip("\u2502\u256d\u256e\u2570\u256f|").strip() for ln in rendered.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return "invalid arguments"
+    parts: list[str] = []
+    for ln in lines[1:]:
+        if ln.startswith("For full helptext") or ln.startswith("Argument helptext"):
+            break
+        if not _RULE.match(ln):
+            parts.append(ln)
+    title = lines[0].strip("\u2500\u256d\u256e\u2570\u256f- ")
+    body = " ".join(" ".join(parts).split())
+    if not body:
+        return title.lower()
+    return body if body.lower().startswith(title.lower()) else f"{title.lower()}: {body}"
+
+
+def _parse(argv: list[str]) -> Any:
+    """The subcommand's dataclass; a bad command line raises :class:`UsageError` with a one-line message."""
+    names = {name: cls for name, (cls, _) in SUBCOMMANDS.items()}
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return tyro.extras.subcommand_cli_from_dict(
+                names, args=argv, prog=PROG,
+                description="Inspect, plot, export, verify and read out actstore activation stores.",
+            )
+    except SystemExit as exc:
+        if exc.code in (0, None):  # --help
+            sys.stderr.write(err.getvalue())
+            raise
+        sub = next((a for a in argv if a in SUBCOMMANDS), None)
+        hint = f"; see '{PROG} {sub} --help'" if sub else f"; see '{PROG} --help'"
+        raise UsageError(_one_line(err.getvalue()).rstrip(".") + hint) from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``actstore`` command."""
-    cmd = tyro.extras.subcommand_cli_from_dict(
-        NAMES, args=argv, description="Inspect, plot, export, verify and read out actstore activation stores."
-    )
+    """Entry point of the ``actstore`` command; returns the exit status (see the module docstring)."""
+    from ._config import ConfigError
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] in (["--version"], ["-V"]):
+        print(f"{PROG} {__version__}")
+        return 0
     try:
-        return COMMANDS[type(cmd)](cmd)
-    except ActStoreError as exc:
-        print(f"actstore: error: {exc}", file=sys.stderr)
+        cmd = _parse(args)
+        run = next(fn for cls, fn in SUBCOMMANDS.values() if type(cmd) is cls)
+        return run(cmd)
+    except (UsageError, ConfigError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except (ActStoreError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import SchemaMismatchError, StoreExistsError, UnknownKeyError
+from ._config import ConfigError
+from ._errors import StoreExistsError, UnknownKeyError
 from ._format import DTYPES, dtype_name, from_storage, to_storage
 from ._reader import ActStore
 from ._view import ActView
@@ -62,7 +63,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, backend
 
     dst = Path(dst)
     if dst.resolve() == Path(src).resolve():
-        raise SchemaMismatchError(f"cannot convert {src} onto itself; give another output path")
+        raise ConfigError(f"cannot convert {src} onto itself; give another output path")
     with ActStore.open(src) as store:
         layout = store.meta["layout"]
         spec = store.meta["samples"]
@@ -234,16 +235,16 @@ def export(path: str | os.PathLike[str], to: str, out: str | os.PathLike[str], *
     the whole store and refuses a filter.
     """
     if to not in FORMATS:
-        raise UnknownKeyError(f"unknown export format {to!r}; formats are {list(FORMATS)}")
+        raise ConfigError(f"unknown export format {to!r}; formats are {list(FORMATS)}")
     out = Path(out)
     if to in ("zarr", "h5"):
         if layer is not None or role is not None or step is not None:
-            raise SchemaMismatchError(f"--to {to} converts the whole store bit-exact; --layer/--role/--step only "
-                                      "apply to npy and safetensors exports")
+            raise ConfigError(f"--to {to} converts the whole store bit-exact; --layer/--role/--step only "
+                              "apply to npy and safetensors exports")
         return convert(path, out, backend="zarr" if to == "zarr" else "hdf5", overwrite=overwrite, progress=progress,
                        codec=codec)
     if codec is not None:
-        raise SchemaMismatchError(f"--codec applies to store conversions (--to zarr / h5), not to --to {to}")
+        raise ConfigError(f"--codec applies to store conversions (--to zarr / h5), not to --to {to}")
     _check_out(out, overwrite)
     with ActStore.open(path) as store:
         chosen = _select(store, layer, role, step)

@@ -28,7 +28,7 @@ from ._format import (
 from ._parts import merge_metadata, open_parts
 from ._view import ActView
 
-__all__ = ["ActStore"]
+__all__ = ["ActStore", "open_store"]
 
 RowFilter = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -394,3 +394,15 @@ class ActStore:
     def __repr__(self) -> str:
         roles = ", ".join(f"{r}: {self.num_rows(r)} rows" for r in self.roles)
         return f"ActStore({self.path!r}, layers={self.layers}, roles={{{roles}}}, samples={self.num_samples})"
+
+
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    backend: str | None = None,
+    cache_bytes: int = 256 << 20,
+    storage_options: dict[str, Any] | None = None,
+) -> ActStore:
+    """Open a store read-only (``actstore.open``, the reading counterpart of ``actstore.create``); the same as
+    :meth:`ActStore.open`."""
+    return ActStore.open(path, backend=backend, cache_bytes=cache_bytes, storage_options=storage_options)

@@ -26,15 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._errors import ActStoreError, UnknownKeyError
+from ._config import ConfigError
+from ._errors import UnknownKeyError
 from ._reader import ActStore
 
 __all__ = ["HEADS", "LAYOUTS", "HeadSpec", "LensLayout", "TopK", "UntrainedHeadError", "apply_lens", "layout_for",
            "logit_lens", "velocity_lens"]
 
 
-class UntrainedHeadError(ActStoreError, ValueError):
-    """A lens was asked to decode through a head that holds no trained weights."""
+class UntrainedHeadError(ConfigError):
+    """A lens was asked to decode through a head that holds no trained weights (a refused option: a
+    :class:`~actstore.ConfigError`, hence a ``ValueError``)."""
 
 
 @dataclass(frozen=True)

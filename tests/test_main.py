@@ -1,4 +1,5 @@
-"""The CLI: every subcommand through ``main()``, errors -> exit 2, and the README walkthrough run end to end."""
+"""The CLI: every subcommand through ``main()``, one-line errors (2: bad arguments, 1: failures), what --help and
+info import, and the README walkthrough run end to end."""
 
 from __future__ import annotations
 
@@ -42,21 +43,111 @@ def test_plot_export_verify_through_main(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["verify", str(tmp_path / "run.h5")]) == 0
 
 
-def test_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_store(tmp_path / "run.zarr")
-    assert main(["plot", str(tmp_path / "run.zarr"), "--layer", "15"]) == 2
-    assert "no layer 15" in capsys.readouterr().err
-    assert main(["info", str(tmp_path / "missing.zarr")]) == 2
-    assert main(["export", str(tmp_path / "run.zarr"), "--to", "h5", "--layer", "6"]) == 2
-    assert "whole store" in capsys.readouterr().err
-
-
-def test_lens_refuses_untrained_head_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_store(tmp_path / "run.zarr")
-    assert main(["lens", str(tmp_path / "run.zarr"), "--layer", "6", "--head", "expert_lm_head"]) == 2
+def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err
-    assert "untrained" in err or "random weights" in err
-    assert "--allow-untrained" in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one error line, got:\n{err}"
+    assert lines[0].startswith("actstore: error: "), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        ([], "expected one of"),
+        (["bogus"], "bogus"),
+        (["info"], "info --help"),
+        (["info", "{store}", "--jsn"], "--jsn"),
+        (["plot", "{store}"], "--layer"),
+        (["plot", "{store}", "--layer", "6", "--kind", "pie"], "'pie'"),
+        (["plot", "{store}", "--layer", "6", "--max-rows", "many"], "--max-rows"),
+        (["export", "{store}"], "--to"),
+        (["export", "{store}", "--to", "csv"], "'csv'"),
+        (["export", "{store}", "--to", "h5", "--layer", "6"], "whole store"),
+        (["export", "{store}", "--to", "npy", "--codec", "none"], "--codec"),
+        (["lens", "{store}"], "--layer"),
+        (["lens", "{store}", "--layer", "6", "--head", "expert_lm_head"], "--allow-untrained"),
+        (["lens", "{store}", "--layer", "6", "--k", "x"], "--k"),
+        (["verify"], "verify --help"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                            needle: str) -> None:
+    """Every subcommand: a command line refused before the store is read -> one line on stderr, status 2."""
+    store = tmp_path / "run.zarr"
+    write_store(store, n_samples=4)
+    capsys.readouterr()
+    assert main([a.replace("{store}", str(store)) for a in argv]) == 2
+    line = _err_line(capsys)
+    assert needle.lower() in line.lower(), line
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["info", "{missing}"], "no store"),
+        (["info", "{junk}"], "not an actstore store"),
+        (["plot", "{store}", "--layer", "15"], "no layer 15"),
+        (["plot", "{store}", "--layer", "6", "--role", "nope"], "no role 'nope'"),
+        (["export", "{missing}", "--to", "h5"], "no store"),
+        (["export", "{store}", "--to", "npy", "--layer", "7"], "no layer 7"),
+        (["export", "{store}", "--to", "h5", "--out", "{store}"], "onto itself"),
+        (["lens", "{missing}", "--layer", "6"], "no store"),
+    ],
+)
+def test_failures_exit_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                       needle: str) -> None:
+    """Every subcommand: a well-formed command that fails on the data -> one line on stderr, status 1."""
+    store = tmp_path / "run.zarr"
+    write_store(store, n_samples=4)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    capsys.readouterr()
+    paths = {"{store}": str(store), "{missing}": str(tmp_path / "missing.zarr"), "{junk}": str(tmp_path / "junk")}
+    code = main([paths.get(a, a) for a in argv])
+    line = _err_line(capsys)
+    assert needle.lower() in line.lower(), line
+    assert code == (2 if needle == "onto itself" else 1)
+
+
+def test_verify_problems_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "run.zarr"
+    write_store(store, n_samples=4)
+    chunk = next(p for p in sorted(store.rglob("*")) if p.is_file() and "/c/" in str(p) and "acts" in str(p))
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    assert main(["verify", str(store)]) == 1
+    assert main(["verify", str(tmp_path / "missing.zarr")]) == 1  # a report, not an exception
+    assert "no store" in capsys.readouterr().out
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    import actstore
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"actstore {actstore.__version__}"
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("info", "plot", "export", "lens", "verify"):
+        assert name in out
+
+
+def _modules_after(code: str) -> set[str]:
+    """The heavy modules a fresh interpreter has imported after running ``code``."""
+    probe = code + "\nimport sys\nprint('\\nloaded:', *(m for m in ('torch', 'zarr', 'matplotlib', 'h5py') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.rsplit("loaded:", 1)[1].split())
+
+
+def test_cli_help_version_do_not_import_torch() -> None:
+    cli = "from actstore.__main__ import main\ntry:\n    main({argv})\nexcept SystemExit:\n    pass\n"
+    assert _modules_after(cli.format(argv=["--version"])) == set()
+    assert _modules_after(cli.format(argv=["--help"])) == set()
+    assert _modules_after(cli.format(argv=["info", "--help"])) == set()
 
 
 def _blocks(text: str, lang: str) -> list[str]:

@@ -1,23 +1,78 @@
 """Capture activations of pi0 / pi0.5 policies (or any torch model) into an actstore store.
 
 ``Recorder`` hooks plain module paths and streams the selected tokens into an ``actstore.StoreWriter``;
-``ReferencePi05`` is a small random pi0.5 with openpi's layout; ``capture_run`` is the CLI as a function.
+``ReferencePi05`` is a small random pi0.5 with openpi's layout; ``capture_run`` / ``RunConfig`` are the CLI as a
+function. ``import capture`` is cheap: the error classes and configs at once, everything that needs torch on first
+use, so ``python -m capture --help`` starts fast.
 """
 
-from ._adapters import MODELS, ModelAdapter, ModelSpec, adapter_for, load_model
-from ._cli import capture_run
-from ._errors import CaptureError, ModelSpecError, SiteError
-from ._recorder import Recorder, RecorderConfig
-from ._reference import AdaRMSNorm, ReferenceConfig, ReferencePi05
-from ._sites import NO_STEP, SELECTORS, BatchContext, RoleSpec, Selection, Site, decision, full, instruction
-from ._synthetic import LIBERO_TASKS, Observation, SyntheticConfig, make_batch, synthetic_batches, tokenize
-from ._transformers_pi0 import TinyPI0Config, build_tiny_pi0
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._cli_config import CaptureConfig, InputConfig, ModelConfig, OutputConfig, RunConfig
+from ._errors import CaptureConfigError, CaptureError, ModelSpecError, SiteError
+
+if TYPE_CHECKING:
+    from ._adapters import MODELS, ModelAdapter, ModelSpec, adapter_for, load_model
+    from ._recorder import Recorder, RecorderConfig
+    from ._reference import AdaRMSNorm, ReferenceConfig, ReferencePi05
+    from ._run import capture_run, run
+    from ._sites import (
+        NO_STEP,
+        SELECTORS,
+        BatchContext,
+        RoleSpec,
+        Selection,
+        Site,
+        decision,
+        full,
+        instruction,
+    )
+    from ._synthetic import (
+        LIBERO_TASKS,
+        Observation,
+        SyntheticConfig,
+        make_batch,
+        synthetic_batches,
+        tokenize,
+    )
+
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("MODELS", "ModelAdapter", "ModelSpec", "adapter_for", "load_model"), "._adapters"),
+    **dict.fromkeys(("Recorder", "RecorderConfig"), "._recorder"),
+    **dict.fromkeys(("AdaRMSNorm", "ReferenceConfig", "ReferencePi05"), "._reference"),
+    **dict.fromkeys(("capture_run", "run"), "._run"),
+    **dict.fromkeys(("NO_STEP", "SELECTORS", "BatchContext", "RoleSpec", "Selection", "Site", "decision", "full",
+                     "instruction"), "._sites"),
+    **dict.fromkeys(("LIBERO_TASKS", "Observation", "SyntheticConfig", "make_batch", "synthetic_batches",
+                     "tokenize"), "._synthetic"),
+    # test fixtures, reachable for tests but not public (not in __all__)
+    **dict.fromkeys(("TinyPI0Config", "build_tiny_pi0"), "._transformers_pi0"),
+}
+"""Name -> private module, imported on first access (PEP 562)."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'capture' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
-    "MODELS", "NO_STEP", "SELECTORS", "LIBERO_TASKS",
-    "AdaRMSNorm", "BatchContext", "CaptureError", "ModelAdapter", "ModelSpec", "ModelSpecError", "Observation",
-    "Recorder", "RecorderConfig", "ReferenceConfig", "ReferencePi05", "RoleSpec", "Selection", "Site", "SiteError",
-    "SyntheticConfig", "TinyPI0Config",
-    "adapter_for", "build_tiny_pi0", "capture_run", "decision", "full", "instruction", "load_model", "make_batch",
+    "LIBERO_TASKS", "MODELS", "NO_STEP", "SELECTORS",
+    "AdaRMSNorm", "BatchContext", "CaptureConfig", "CaptureConfigError", "CaptureError", "InputConfig",
+    "ModelAdapter", "ModelConfig", "ModelSpec", "ModelSpecError", "Observation", "OutputConfig", "Recorder",
+    "RecorderConfig", "ReferenceConfig", "ReferencePi05", "RoleSpec", "RunConfig", "Selection", "Site", "SiteError",
+    "SyntheticConfig",
+    "adapter_for", "capture_run", "decision", "full", "instruction", "load_model", "make_batch", "run",
     "synthetic_batches", "tokenize",
 ]

@@ -33,7 +33,7 @@ def test_run_then_resume(tmp_path):
 def test_hdf5_backend_and_timestamped_dir(tmp_path):
     path = capture_run(output_dir=str(tmp_path), backend="hdf5", max_batches=1, roles=("decision",), **SMALL)
     assert path.parent == tmp_path and path.suffix == ".h5"
-    assert store_path(str(tmp_path), "hdf5", auto_timestamp=True, resume=True) == path
+    assert store_path(str(tmp_path), "hdf5", auto_timestamp=True, resume=True) == str(path)
     store = actstore.ActStore.open(str(path))
     assert store.roles == ["decision"] and store[6, "decision"].shape == (2 * 2 * 10, 32)
 

@@ -9,7 +9,6 @@ factory that returns an openpi ``PI0Pytorch`` or a lerobot ``PI05Policy`` gets t
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,15 +17,12 @@ import torch
 from torch import nn
 
 from ._errors import ModelSpecError
+from ._pi import PI_EXPERT, PI_VLM, cast_like_upstream, pi_adapter_parts, pi_core
 from ._reference import ReferenceConfig, ReferencePi05
 from ._sites import BatchContext, RoleSpec, Site, decision, full, instruction, resolve_sites
 from ._synthetic import Observation
 
 __all__ = ["ModelAdapter", "ModelSpec", "MODELS", "load_model", "adapter_for", "load_callable"]
-
-PI_VLM = "paligemma_with_expert.paligemma.model.language_model.layers.{i}"
-PI_EXPERT = "paligemma_with_expert.gemma_expert.model.layers.{i}"
-
 
 @dataclass(frozen=True)
 class ModelAdapter:
@@ -103,67 +99,15 @@ def load_callable(spec: str) -> Callable[..., Any]:
 
 # -- pi0 / pi0.5 with openpi's layout (reference, openpi PI0Pytorch, lerobot PI0/PI05 cores and policies) -----------
 
-def _pi_core(model: nn.Module) -> nn.Module:
-    """The module holding ``paligemma_with_expert`` (a lerobot policy wraps it in ``.model``)."""
-    if hasattr(model, "paligemma_with_expert"):
-        return model
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "paligemma_with_expert"):
-        return inner
-    raise ModelSpecError(f"{type(model).__name__} has no 'paligemma_with_expert' (nor '.model.paligemma_with_expert')")
-
-
-def _tokens_per_image(obs: Observation, patch: int = 14) -> int:
-    return (obs.images[0].shape[-1] // patch) ** 2
-
-
-def _pi_context(model: nn.Module, obs: Observation, n_img: int, horizon: int) -> BatchContext:
-    B = obs.lang_tokens.shape[0]
-    pad = torch.cat([m.cpu()[:, None].expand(B, n_img) for m in obs.img_masks] + [obs.lang_masks.cpu().bool()], 1)
-    return BatchContext(
-        sample=obs.sample, prompt_mask=obs.lang_masks.cpu().bool(), image_offset=len(obs.images) * n_img,
-        action_horizon=horizon, pad_mask=pad, prompt=obs.prompt, prompt_ids=obs.lang_tokens.cpu(),
-        extra={"episode": obs.episode, "frame": obs.frame, "task": obs.task})
-
-
-def _pi_horizon(core: nn.Module, obs: Observation) -> int:
-    cfg = getattr(core, "config", None)
-    for name in ("action_horizon", "chunk_size"):
-        if cfg is not None and isinstance(getattr(cfg, name, None), int):
-            return int(getattr(cfg, name))
-    return int(obs.noise.shape[1])
-
-
-def _pi_run(model: nn.Module, obs: Observation, num_steps: int) -> Any:
-    core = _pi_core(model)
-    params = list(inspect.signature(core.sample_actions).parameters)
-    if params and params[0] == "device":  # openpi: sample_actions(device, observation, noise, num_steps)
-        from types import SimpleNamespace
-
-        names = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
-        observation = SimpleNamespace(
-            images=dict(zip(names, obs.images, strict=False)), image_masks=dict(zip(names, obs.img_masks, strict=False)),
-            state=obs.state, tokenized_prompt=obs.lang_tokens, tokenized_prompt_mask=obs.lang_masks,
-            token_ar_mask=None, token_loss_mask=None)
-        return core.sample_actions(obs.lang_tokens.device, observation, noise=obs.noise, num_steps=num_steps)
-    kw: dict[str, Any] = {"noise": obs.noise, "num_steps": num_steps}
-    if "state" in params:
-        kw["state"] = obs.state
-    with torch.no_grad():
-        return core.sample_actions(obs.images, obs.img_masks, obs.lang_tokens, obs.lang_masks, **kw)
-
-
 def pi_adapter(model: nn.Module, name: str = "pi") -> ModelAdapter:
-    """Adapter for any model laid out like openpi's ``PI0Pytorch`` (module paths prefixed by ``model.`` for policies)."""
-    core = _pi_core(model)
+    """Adapter for any model laid out like openpi's ``PI0Pytorch`` (module paths prefixed by ``model.`` for policies).
+
+    Camera slots, tokens per image and the prompt offset come from the model (see ``capture._pi``).
+    """
+    core = pi_core(model)
     prefix = "" if core is model else "model."
-    n_img = core.config.tokens_per_image if isinstance(core, ReferencePi05) else None
-    roles = {"decision": RoleSpec("expert", decision, stepped=True), "instruction": RoleSpec("vlm", instruction),
-             "full": RoleSpec("vlm", full), "suffix": RoleSpec("expert", full, stepped=True)}
-    return ModelAdapter(
-        name=name, layer_paths={"vlm": prefix + PI_VLM, "expert": prefix + PI_EXPERT}, roles=roles, run=_pi_run,
-        context=lambda m, obs: _pi_context(m, obs, n_img or _tokens_per_image(obs), _pi_horizon(core, obs)),
-        cond_kwarg="adarms_cond")
+    return ModelAdapter(name=name, layer_paths={"vlm": prefix + PI_VLM, "expert": prefix + PI_EXPERT},
+                        cond_kwarg="adarms_cond", **pi_adapter_parts())
 
 
 # -- transformers' own PI0 ---------------------------------------------------------------------------------------
@@ -211,7 +155,7 @@ def adapter_for(model: nn.Module, layer_path: str = "model.layers.{i}") -> Model
     if type(model).__name__ == "PI0ForConditionalGeneration":
         return transformers_pi0_adapter(model)
     try:
-        core = _pi_core(model)
+        core = pi_core(model)
     except ModelSpecError:
         return decoder_adapter(layer_path)
     name = "reference" if isinstance(core, ReferencePi05) else type(core).__module__.split(".")[0]
@@ -261,12 +205,13 @@ def _build_lerobot(spec: ModelSpec) -> nn.Module:
 
 
 def _build_openpi(spec: ModelSpec) -> nn.Module:
-    try:
-        importlib.import_module("openpi.models_pytorch.pi0_pytorch")
-    except ImportError as e:
-        raise ModelSpecError(f"model 'openpi' needs the openpi package: {e}") from e
-    raise ModelSpecError("openpi models need their training config to be built: pass --model-factory "
-                         "module:function returning a PI0Pytorch with weights loaded; it is recognised automatically")
+    from ._openpi import build_openpi
+
+    if not spec.checkpoint_path:
+        raise ModelSpecError("model 'openpi' needs --checkpoint-path: the model.safetensors written by openpi's "
+                             "convert_jax_model_to_pytorch.py (its config.json beside it is read too); or pass "
+                             "--model-factory module:function returning a PI0Pytorch (recognised automatically)")
+    return build_openpi(spec.checkpoint_path)
 
 
 def _build_factory(spec: ModelSpec) -> nn.Module:
@@ -286,5 +231,5 @@ def load_model(spec: ModelSpec) -> tuple[nn.Module, ModelAdapter]:
     model, adapter = built if isinstance(built, tuple) else (built, None)
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"model {spec.name!r} built a {type(model).__name__}, not a torch.nn.Module")
-    model = model.to(device=spec.device, dtype=_DTYPES[spec.dtype]).eval()
+    model = cast_like_upstream(model, spec.device, _DTYPES[spec.dtype]).eval()
     return model, adapter or adapter_for(model, spec.layer_path)

@@ -85,7 +85,8 @@ def test_adarms_norm_flat_equals_batched():
     normed, gate = norm(x, cond)
     assert gate.shape == (3, 1, 8)
     flat, _ = norm(x.reshape(15, 8), cond.repeat_interleave(5, 0))
-    assert torch.equal(flat, normed.reshape(15, 8))
+    # another batch shape may take another SIMD path in ATen (an ulp apart on some CPUs, as on CI): not bit-exact
+    torch.testing.assert_close(flat, normed.reshape(15, 8), rtol=1e-6, atol=1e-6)
     plain = AdaRMSNorm(8)
     assert plain(x)[1] is None and not hasattr(norm, "weight")
 

@@ -72,4 +72,5 @@ def test_final_adarms_norm_of_last_layer_matches_model(run):
                                  for s in range(STEPS)]) for d in direct])
     steps = store.rows("decision")["step"]
     assert steps.tolist() == [s for _ in batches for s in range(STEPS) for _ in range(2 * 10)]  # append order
-    assert torch.equal(normed, want)
+    # the norm re-run on flat rows may take another SIMD path than the model's (B, T, D) call: an ulp, not more
+    torch.testing.assert_close(normed, want, rtol=1e-6, atol=1e-6)

@@ -14,7 +14,8 @@ except ImportError:  # pragma: no cover - only while actstore is incomplete
         """Root of every actstore / capture error."""
 
 
-__all__ = ["ActStoreError", "CaptureConfigError", "CaptureError", "ModelSpecError", "SiteError"]
+__all__ = ["ActStoreError", "CaptureConfigError", "CaptureError", "ModelSpecError", "SiteError",
+           "SiteOutputError"]
 
 
 class CaptureError(ActStoreError, RuntimeError):
@@ -23,6 +24,12 @@ class CaptureError(ActStoreError, RuntimeError):
 
 class SiteError(ActStoreError, ValueError):
     """A capture site names a module, layer or role the model does not have."""
+
+
+class SiteOutputError(CaptureError, ValueError):
+    """A hooked module's output is not the (B, T, D) tensor a site can store (wrong type, rank, batch or tokens),
+    or its layout is ambiguous (a sequence-first module, a tuple with several candidates) and the site does not say
+    how to read it."""
 
 
 class ModelSpecError(ActStoreError, ValueError):

@@ -5,6 +5,13 @@ Inside ``with Recorder(model, writer, sites) as rec:`` each hooked module gets o
 in ``with rec.batch(ctx, progress=...):``, which writes the per-sample table, numbers the expert's denoising steps
 0..num_steps-1, and commits the batch to the store when the block ends.
 
+Before anything is stored the hook checks the module's output against the batch (``capture._outputs``): a
+``(B, T, D)`` tensor, or a tuple / ModelOutput whose element 0 is the one such tensor, unless the site's
+``output_index`` / ``output_key`` / ``batch_first`` say where and how to read it; the selector then checks ``T``
+against the batch context. Anything else raises ``SiteOutputError`` and the batch is rolled back. Modules with a
+``batch_first=False`` attribute are refused when the Recorder is built unless their site declares the layout. A
+forward pass outside ``rec.batch(...)`` records nothing and says so once (``warnings.warn``).
+
 The hook body only selects, copies and enqueues:
 
 - CPU: the selected rows are gathered with one copy into a reused host buffer and handed to ``writer.append``
@@ -19,6 +26,9 @@ The AdaRMS conditioning (``adarms_cond`` keyword of the expert layers) is stored
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -29,7 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._errors import ActStoreError, CaptureConfigError, CaptureError, SiteError
+from ._errors import ActStoreError, CaptureConfigError, CaptureError, SiteError, SiteOutputError
+from ._outputs import check_cond, check_layout, check_selection, read_output, where
 from ._ring import BufferPool
 from ._sites import NO_STEP, BatchContext, Selection, Site
 
@@ -76,6 +87,8 @@ class _Packet:
     expected: int
     keep: np.ndarray | None = None
     copies: dict[int, _Copy] = field(default_factory=dict)
+    sel: Selection | None = None
+    first: int | None = None  # the layer whose selection labelled the rows
 
 
 class Recorder:
@@ -95,6 +108,10 @@ class Recorder:
                                 f"{s.role!r}); {_layer_hint(modules, s.path)}")
             if s.layer in self._role_layers.get(s.role, []):
                 raise SiteError(f"site (layer {s.layer}, role {s.role!r}) is given twice")
+            if any(o.stepped != s.stepped for o in self._sites_at.get(s.path, [])):
+                raise SiteError(f"sites at module {s.path!r} disagree on stepped; a module fires once per step or "
+                                "once per call, for all of its sites")
+            check_layout(s, modules[s.path])
             self._sites_at.setdefault(s.path, []).append(s)
             self._role_layers.setdefault(s.role, []).append(s.layer)
         self._modules = {p: modules[p] for p in self._sites_at}
@@ -107,6 +124,7 @@ class Recorder:
         self._seen: set[tuple[str, int, int]] = set()
         self._pool: BufferPool | None = None
         self._stream: Any = None
+        self._warned_outside = False
         self.rows_written = 0
         """Activation rows handed to the writer so far (summed over layers)."""
         self.bytes_written = 0
@@ -195,9 +213,15 @@ class Recorder:
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             ctx = self._ctx
-            if ctx is None:
-                return  # a call outside rec.batch() (e.g. warm-up) is not recorded
-            acts_BTD = (output if torch.is_tensor(output) else output[0]).detach()  # never keep the autograd graph
+            if ctx is None:  # a call outside rec.batch() (e.g. warm-up) is not recorded
+                self._warn_outside(path)
+                return
+            B = ctx.batch_size
+            read: dict[tuple, torch.Tensor] = {}
+            for site in sites:  # check every site's output before anything of this call is stored
+                how = (site.output_index, site.output_key, site.batch_first)
+                if how not in read:  # never keep the autograd graph
+                    read[how] = read_output(output, site, type(module).__name__, B).detach()
             step = NO_STEP
             if stepped:
                 step = self._calls[path]
@@ -205,15 +229,34 @@ class Recorder:
                 if self.config.cond_kwarg is not None and step not in self._cond_steps:
                     cond_BC = kwargs.get(self.config.cond_kwarg)
                     if cond_BC is not None:
+                        cond_BC = check_cond(cond_BC, self.config.cond_kwarg, path, B)
                         self._cond_steps.add(step)
                         self._capture_cond(cond_BC.detach(), step, ctx)
             for site in sites:
-                sel = site.selector(int(acts_BTD.shape[1]), ctx)
-                self._capture(site, step, acts_BTD, sel, ctx)
+                acts_BTD = read[(site.output_index, site.output_key, site.batch_first)]
+                self._capture(site, step, acts_BTD, self._select(site, type(module).__name__, acts_BTD, ctx), ctx)
             if self._pending:
                 self._drain(block=False)
 
         return hook
+
+    def _warn_outside(self, path: str) -> None:
+        if not self._warned_outside:
+            self._warned_outside = True
+            warnings.warn(f"Recorder: module {path!r} ran outside 'with rec.batch(ctx):' and nothing was recorded "
+                          "(said once per Recorder); wrap each model call to record in rec.batch(...), and run "
+                          "warm-up calls before entering the Recorder", stacklevel=_caller_level())
+
+    @staticmethod
+    def _select(site: Site, module_name: str, acts_BTD: torch.Tensor, ctx: BatchContext) -> Selection:
+        """The site's selection for this output; a selector's refusal is reported with the site and the shape."""
+        B, T, D = acts_BTD.shape
+        try:
+            sel = site.selector(int(T), ctx)
+            check_selection(sel, int(T), int(B))
+        except SiteError as e:
+            raise SiteOutputError(f"{where(site, module_name)}: output (B={B}, T={T}, D={D}): {e}") from e
+        return sel
 
     def _capture(self, site: Site, step: int, acts_BTD: torch.Tensor, sel: Selection, ctx: BatchContext) -> None:
         key = (site.role, step)
@@ -225,7 +268,18 @@ class Recorder:
         if pkt is None:
             rows, keep = sel.rows(ctx.sample)
             rows["step"] = np.full(rows["sample"].shape, step, dtype=np.int64)
-            pkt = self._open[key] = _Packet(site.role, step, rows, len(self._role_layers[site.role]), keep)
+            # per-sample context columns (episode, frame, task, ...) on every row, so row filters can use them
+            T = max(sel.stop - sel.start, 1)
+            b = np.arange(len(rows["sample"])) // T if keep is None else keep // T
+            for name, col_B in ctx.extra.items():
+                rows[name] = col_B.numpy().astype(np.int64)[b]
+            pkt = self._open[key] = _Packet(site.role, step, rows, len(self._role_layers[site.role]), keep, sel=sel,
+                                            first=site.layer)
+        elif not _same_selection(pkt.sel, sel):  # the packet's rows were labelled from another layer's selection
+            raise SiteOutputError(
+                f"{where(site, site.path)}: selected tokens [{sel.start}, {sel.stop}) with its own mask, but layer "
+                f"{pkt.first} of role {site.role!r} selected [{pkt.sel.start}, {pkt.sel.stop}) in this step; the "
+                "layers of one role share their rows and must select the same tokens")
         pkt.copies[site.layer] = self._copy(acts_BTD, sel.start, sel.stop, pkt.keep)
         if len(pkt.copies) == pkt.expected:
             self._pending.append(self._open.pop(key))
@@ -234,7 +288,7 @@ class Recorder:
         rows = {"sample": ctx.sample.numpy().astype(np.int64),
                 "step": np.full(ctx.batch_size, step, dtype=np.int64)}
         pkt = _Packet(None, step, rows, 1)
-        pkt.copies[0] = self._copy(cond_BC.reshape(ctx.batch_size, 1, -1), 0, 1, None)
+        pkt.copies[0] = self._copy(cond_BC.reshape(ctx.batch_size, 1, -1), 0, 1, None)  # (B, C), checked
         self._pending.append(pkt)
 
     def _copy(self, acts_BTD: torch.Tensor, start: int, stop: int, keep: np.ndarray | None) -> _Copy:
@@ -321,6 +375,21 @@ class Recorder:
             self.writer.append(pkt.role, rows, acts, done=done)
             self.rows_written += len(rows["sample"]) * len(acts)
         self.bytes_written += nbytes
+
+
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside torch and this package (the model code that called the module)."""
+    inside = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+    frame, level = sys._getframe(2), 2  # the caller of the function that calls warnings.warn
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _same_selection(a: Selection | None, b: Selection) -> bool:
+    if a is None or (a.start, a.stop) != (b.start, b.stop) or (a.keep_BT is None) != (b.keep_BT is None):
+        return False
+    return a.keep_BT is None or a.keep_BT is b.keep_BT or torch.equal(a.keep_BT.bool(), b.keep_BT.bool())
 
 
 def _layer_hint(modules: dict[str, nn.Module], path: str) -> str:

@@ -116,7 +116,7 @@ class _TensorLM(nn.Module):
         return x
 
 
-def test_tensor_outputs_and_calls_outside_batch_are_ignored():
+def test_tensor_outputs_and_calls_outside_batch_are_not_recorded_with_one_warning():
     torch.manual_seed(0)
     model = _TensorLM()
     x = torch.randn(2, 5, 4)
@@ -124,7 +124,12 @@ def test_tensor_outputs_and_calls_outside_batch_are_ignored():
     sites = [Site(1, "full", "layers.1", full)]
     ctx = BatchContext(sample=torch.tensor([0, 1]))
     with Recorder(model, w, sites) as rec:
-        model(x)  # warm-up outside a batch: not recorded
+        with pytest.warns(UserWarning, match=r"'layers.1' ran outside 'with rec.batch\(ctx\):'") as caught:
+            model(x)  # warm-up outside a batch: not recorded, said once
+            model(x)
+        assert len([c for c in caught if "outside" in str(c.message)]) == 1
+        assert caught[0].filename == __file__  # points at the model code that called the layer, not at torch
+        assert not w.appends
         with rec.batch(ctx):
             out = model(x)
     assert len(w.appends) == 1 and torch.equal(w.appends[0][2][1], out.reshape(10, 4))

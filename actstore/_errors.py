@@ -13,6 +13,7 @@ __all__ = [
     "InvalidNameError",
     "NotAStoreError",
     "SchemaMismatchError",
+    "StoreClosedError",
     "StoreExistsError",
     "StoreIndexError",
     "StoreLockedError",
@@ -63,6 +64,10 @@ class CorruptStoreError(ActStoreError, OSError):
 
 class StoreLockedError(ActStoreError, BlockingIOError):
     """Another writer holds the store's lock."""
+
+
+class StoreClosedError(ActStoreError, ValueError):
+    """A store (or a loader) was read after ``close()`` (a ``ValueError``, as for a closed file or h5py file)."""
 
 
 class WriterClosedError(ActStoreError, RuntimeError):

@@ -38,7 +38,7 @@ _MAX_WIDTH = 1 << 20
 _MAX_ROWS_TOTAL = 1 << 40
 """Largest committed row count a reader accepts."""
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 
 # name -> (torch dtype, numpy storage dtype). bfloat16 is stored as its uint16 bits.
 DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
@@ -57,7 +57,7 @@ def check_name(name: object, what: str) -> str:
     if isinstance(name, int) and name < 0:
         raise InvalidNameError(f"{what} {name!r} is negative; layers are numbered from 0")
     text = str(name)
-    if not _NAME_RE.match(text) or text.endswith(".json"):
+    if not _NAME_RE.fullmatch(text) or text.endswith(".json"):
         raise InvalidNameError(
             f"{what} name {text!r} cannot be used: names are 1-128 characters of letters, digits, '_', '.', '-', "
             "do not start with '.' or '-', and contain no '/', '..' prefix, NUL or control characters"

@@ -18,9 +18,12 @@ permutation's.
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
+import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict
@@ -32,6 +35,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ._blocks import ArrayReader, decode_pool
 from ._config import ConfigError
+from ._errors import StoreClosedError
 from ._format import DTYPES
 from ._loader_config import LoaderConfig
 from ._shuffle import EpochPlan, plan_epoch, resume_split
@@ -85,6 +89,8 @@ class _Source:
 
     @property
     def store(self) -> ActStore:
+        if self._store is not None and self._pid == os.getpid():
+            self._store._check_open()
         if self._store is None or self._pid != os.getpid():
             from ._reader import ActStore
 
@@ -171,6 +177,39 @@ class _Stop(Exception):
     pass
 
 
+class _Producer:
+    """The background thread of one iteration: a stop flag, the thread, and a clean shutdown.
+
+    Every live producer is registered (weakly) so that interpreter exit stops and joins it *before* Python
+    finalizes: a daemon thread still inside torch or a codec when the interpreter tears down is killed while
+    holding C++ frames, which aborts the process ("terminate called without an active exception", status 134).
+    """
+
+    live: weakref.WeakSet[_Producer] = weakref.WeakSet()
+
+    def __init__(self, target: Callable[[], None], stop: threading.Event) -> None:
+        self.stop = stop
+        self.thread = threading.Thread(target=target, name="actstore-loader", daemon=True)
+        _Producer.live.add(self)
+        self.thread.start()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Ask the thread to stop and wait for it (not from the thread itself, nor during finalization)."""
+        self.stop.set()
+        if threading.current_thread() is not self.thread and not sys.is_finalizing():
+            self.thread.join(timeout)
+        _Producer.live.discard(self)
+
+
+@atexit.register
+def _shutdown_producers() -> None:
+    """Stop every loader thread still running at interpreter exit (e.g. ``next(iter(loader))`` at top level)."""
+    for producer in list(_Producer.live):
+        producer.stop.set()
+    for producer in list(_Producer.live):
+        producer.shutdown(timeout=30)
+
+
 def _pipeline(
     src: _Source,
     cfg: LoaderConfig,
@@ -180,7 +219,12 @@ def _pipeline(
     reuse: bool,
     bufs: list[list[np.ndarray]] | None,
 ) -> Iterator[Batch]:
-    """Yield the batches of ``buffer_ids`` (after skipping ``skip`` of them), prepared on a background thread."""
+    """Yield the batches of ``buffer_ids`` (after skipping ``skip`` of them), prepared on a background thread.
+
+    ``reuse``: host batches come from a ring of output buffers that are overwritten later (zero-copy); else
+    every yielded host batch is a fresh tensor. Batches moved to ``cfg.device`` are always fresh device tensors,
+    so the host ring is used for them regardless (the copy engine reads it before the slot is reused).
+    """
     readers = src.readers
     counts = {i: plan.buffer_batches(i) for i in buffer_ids}
     todo = list(buffer_ids)
@@ -191,13 +235,13 @@ def _pipeline(
     if bufs is None:
         bufs = [[np.empty((plan.buffer_rows, r.width), dtype=r.dtype) for r in readers] for _ in range(2)]
     out_dtype = cfg.dtype
-    ring = cfg.prefetch + 3 if reuse else 0
+    device = torch.device(cfg.device) if cfg.device is not None else None
+    ring = cfg.prefetch + 3 if reuse or device is not None else 0
     outs = [
         _Output(cfg.batch_size, r.width, name, out_dtype or name, cfg.pin_memory, ring)
         for r, name in zip(readers, src.dtype_names, strict=True)
     ]
     table = src.table() if cfg.with_rows else None
-    device = torch.device(cfg.device) if cfg.device is not None else None
     stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
     q: queue.Queue[Any] = queue.Queue(maxsize=cfg.prefetch)
     stop = threading.Event()
@@ -212,6 +256,8 @@ def _pipeline(
         raise _Stop
 
     def emit(ids: np.ndarray, idx: np.ndarray, slot: int, cur: list[np.ndarray]) -> None:
+        if stop.is_set():
+            raise _Stop
         acts = [o.gather(buf, idx, slot) for o, buf in zip(outs, cur, strict=True)]
         event = None
         if device is not None:
@@ -220,11 +266,10 @@ def _pipeline(
                     acts_dev = [a.to(device, non_blocking=True) for a in acts]
                     event = torch.cuda.Event()
                     event.record(stream)
-                if reuse:
-                    for o in outs:
-                        o.events[slot] = event
+                for o in outs:
+                    o.events[slot] = event
             else:
-                acts_dev = [a.to(device) for a in acts]
+                acts_dev = [a.to(device, copy=True) for a in acts]
             acts = acts_dev
         result: Any = dict(zip(src.layers, acts, strict=True)) if src.multi else acts[0]
         if table is not None:
@@ -233,6 +278,7 @@ def _pipeline(
         put((result, event))
 
     def produce() -> None:
+        pending: list[Future[None]] = []
         try:
             slot = 0
             pending = _fill(readers, plan.buffer(todo[0]), bufs[0])
@@ -241,7 +287,7 @@ def _pipeline(
                 _wait(pending)
                 cur = bufs[j % 2]
                 ids = plan.buffer(i)
-                if j + 1 < len(todo):  # decode the next buffer while this one is gathered
+                if j + 1 < len(todo) and not stop.is_set():  # decode the next buffer while this one is gathered
                     pending = _fill(readers, plan.buffer(todo[j + 1]), bufs[(j + 1) % 2])
                 else:
                     pending = []
@@ -253,6 +299,7 @@ def _pipeline(
             _wait(pending)
             put(None)
         except _Stop:
+            _wait(pending)  # never leave decode jobs writing into buffers a later iteration reuses
             return
         except BaseException as exc:  # re-raised in the consumer, never swallowed
             try:
@@ -260,8 +307,7 @@ def _pipeline(
             except _Stop:
                 return
 
-    thread = threading.Thread(target=produce, name="actstore-loader", daemon=True)
-    thread.start()
+    producer = _Producer(produce, stop)
     try:
         while True:
             item = q.get()
@@ -278,8 +324,7 @@ def _pipeline(
                         t.record_stream(cur_stream)
             yield result
     finally:
-        stop.set()
-        thread.join()
+        producer.shutdown()
 
 
 def _tensors(result: Any) -> list[torch.Tensor]:
@@ -397,6 +442,9 @@ class ActLoader(_Base):
         super().__init__(store, layer, role, **kwargs)
         self.batch = 0
         self._bufs: list[list[np.ndarray]] | None = None
+        self._pipes: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._closed = False
+        store._track(self)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -410,22 +458,44 @@ class ActLoader(_Base):
         """Continue from a :meth:`state_dict`: the next batch is the one that would have followed."""
         self.epoch, self.batch = self._check_state(state)
 
+    def close(self) -> None:
+        """Stop and join the background thread of any iteration in progress; iterating again raises
+        :class:`~actstore.StoreClosedError`. Also done by ``with``, by ``store.close()``, when an iterator is
+        garbage collected (that iteration only) and at interpreter exit."""
+        self._closed = True
+        for pipe in list(self._pipes):
+            pipe.close()
+
+    def __enter__(self) -> ActLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __iter__(self) -> Iterator[Batch]:
+        if self._closed:
+            raise StoreClosedError(f"this loader of {self._src.path} was closed; make a new one with store.loader(...)")
         plan = self.plan()
         if self._bufs is None:
             self._bufs = [
                 [np.empty((plan.buffer_rows, r.width), dtype=r.dtype) for r in self._src.readers] for _ in range(2)
             ]
+        return self._epoch(plan)
+
+    def _epoch(self, plan: EpochPlan) -> Iterator[Batch]:
         pipe = _pipeline(
             self._src, self.config, plan, list(range(plan.n_buffers)), self.batch, self.config.reuse_buffers,
             self._bufs,
         )
+        self._pipes.add(pipe)
         try:
             for batch in pipe:
                 self.batch += 1
                 yield batch
         finally:
             pipe.close()
+        if self._closed:
+            raise StoreClosedError(f"this loader of {self._src.path} was closed during the epoch")
         self.epoch += 1
         self.batch = 0
 

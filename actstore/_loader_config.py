@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ._config import ConfigError
 from ._format import DTYPES
 
@@ -40,9 +38,12 @@ class LoaderConfig:
     """Move batches to this device (e.g. ``"cuda"``) on a side stream, ahead of the consumer."""
     prefetch: int = 2
     """Batches prepared ahead of the consumer."""
-    reuse_buffers: bool = True
-    """Recycle a ring of ``prefetch + 3`` output buffers (ActLoader only): a yielded host batch is overwritten
-    ``prefetch + 2`` batches later; ``.clone()`` it to keep it. False allocates every batch."""
+    reuse_buffers: bool = False
+    """False (the default): every yielded host batch is a tensor of its own, safe to keep (``list(loader)``
+    works). True: zero-copy opt-in for training loops that use each batch at once (ActLoader only): batches come
+    from a ring of ``prefetch + 3`` reused output buffers, so a yielded host batch is **overwritten**
+    ``prefetch + 2`` batches later (``.clone()`` what you keep); ``benchmarks/bench_loader.py`` prints what it
+    saves. Batches moved to ``device`` are always fresh device tensors (the host ring is used for them either way)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "shuffle_chunks"):
@@ -66,7 +67,8 @@ class LoaderConfig:
 
     def ranks(self) -> tuple[int, int]:
         """``(rank, world_size)``, filled in from ``torch.distributed`` where not given."""
-        dist = torch.distributed
+        import torch.distributed as dist
+
         ready = dist.is_available() and dist.is_initialized()
         world = self.world_size if self.world_size is not None else (dist.get_world_size() if ready else 1)
         rank = self.rank if self.rank is not None else (dist.get_rank() if ready else 0)

@@ -29,7 +29,7 @@ import numpy as np
 from . import __version__
 from ._backend import Backend, create_backend, detect_backend, open_backend, store_exists
 from ._codec import BlockCodec
-from ._config import StoreConfig
+from ._config import ConfigError, StoreConfig
 from ._errors import SchemaMismatchError, WriterClosedError, WriterFailedError
 from ._format import (
     COND_COLUMNS,
@@ -84,6 +84,11 @@ def create(
     (``s3://bucket/run.zarr``); ``storage_options`` go to fsspec (endpoint, credentials). ``part="i/N"`` (or
     ``(i, N)``) writes part ``i`` of a store that ``N`` processes write at once (Zarr only; see ``_parts``).
     """
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(StoreConfig)})
+    if unknown:  # a typo is a ConfigError naming the choices, as for store.loader(...), not a bare TypeError
+        raise ConfigError(f"unknown store option {unknown[0]!r}; valid options are "
+                          f"{[f.name for f in dataclasses.fields(StoreConfig)]} and attrs, config, backend, resume, "
+                          "overwrite, storage_options, part")
     cfg = dataclasses.replace(config or StoreConfig(), **overrides) if overrides else (config or StoreConfig())
     kind = backend or detect_backend(path)
     if kind not in ("zarr", "hdf5"):

@@ -22,6 +22,8 @@ from actstore import _errors
         (actstore.StoreLockedError, OSError),
         (actstore.WriterClosedError, RuntimeError),
         (actstore.WriterFailedError, RuntimeError),
+        (actstore.StoreClosedError, ValueError),
+        (actstore.ConfigError, ValueError),
     ],
 )
 def test_each_error_is_also_a_builtin(cls: type, builtin: type) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +195,79 @@ def test_pinned_device_batches(store: ActStore) -> None:
     ld = store.loader(3, "decision", batch_size=64, shuffle=False, pin_memory=True, device="cuda")
     got = torch.cat([b.cpu() for b in ld])
     assert torch.equal(got, store[3, "decision"][:])
+
+
+def _loader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "actstore-loader" and t.is_alive()]
+
+
+def test_kept_batches_never_change_by_default(store: ActStore) -> None:
+    """``list(loader)`` keeps every batch intact (the default copies); the zero-copy ring is an opt-in."""
+    assert LoaderConfig().reuse_buffers is False
+    truth = store[3, "decision"][:]
+    kept = list(store.loader(3, "decision", batch_size=64, shuffle=False))
+    assert torch.equal(torch.cat(kept), truth)
+    ring = list(store.loader(3, "decision", batch_size=64, shuffle=False, reuse_buffers=True, prefetch=1))
+    assert not torch.equal(torch.cat(ring), truth)  # what the opt-in documents: kept batches were overwritten
+    got = torch.cat([b.clone() for b in store.loader(3, "decision", batch_size=64, shuffle=False, reuse_buffers=True)])
+    assert torch.equal(got, truth)
+
+
+def test_close_and_garbage_collection_stop_the_thread(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "c.zarr", n=2000)
+    before = len(_loader_threads())
+    ld = store.loader(3, "decision", batch_size=8, prefetch=50)
+    it = iter(ld)
+    next(it)
+    assert len(_loader_threads()) == before + 1
+    ld.close()
+    assert len(_loader_threads()) == before
+    with pytest.raises(actstore.StoreClosedError, match="closed"):
+        next(it)
+    with pytest.raises(actstore.StoreClosedError):
+        iter(ld)
+    it2 = iter(store.loader(3, "decision", batch_size=8, prefetch=50))
+    next(it2)
+    assert len(_loader_threads()) == before + 1
+    del it2
+    gc.collect()
+    assert len(_loader_threads()) == before
+    with store.loader(3, "decision", batch_size=8, prefetch=50) as ld3:
+        next(iter(ld3))
+    assert len(_loader_threads()) == before
+    it4 = iter(store.loader(3, "decision", batch_size=8, prefetch=50))
+    next(it4)
+    store.close()  # closes the store's loaders too
+    assert len(_loader_threads()) == before
+    with pytest.raises(actstore.StoreClosedError):
+        next(it4)
+
+
+_EXIT_SCRIPT = """
+import sys
+import actstore
+store = actstore.open(sys.argv[1])
+{body}
+print("ok", flush=True)
+"""
+
+_EXIT_BODIES = [
+    # an iterator left alive at top level, its thread busy filling a deep queue when the script ends
+    "it = iter(store.loader(3, 'decision', batch_size=2, prefetch=100_000))\nbatch = next(it)",
+    "batch = next(iter(store.loader(3, 'decision', batch_size=2, prefetch=100_000)))",
+    "it = iter(store.loader([3, 5], 'decision', batch_size=2, prefetch=100_000, reuse_buffers=True))\nnext(it)",
+]
+
+
+@pytest.mark.slow
+def test_exit_with_a_live_iterator_is_clean(tmp_path: Path) -> None:
+    """Interpreter exit while a loader thread works: no 'terminate called without an active exception' (134)."""
+    path = tmp_path / "x.zarr"
+    make_store(path, n=6000, d=64).close()
+    for body in _EXIT_BODIES:
+        script = tmp_path / "quick.py"
+        script.write_text(_EXIT_SCRIPT.format(body=body))
+        for _ in range(3):
+            proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0 and "terminate" not in proc.stderr, (body, proc.returncode, proc.stderr[-2000:])
+            assert proc.stdout.strip() == "ok"

@@ -93,6 +93,46 @@ def test_unknown_keys_list_what_exists(written: Truth) -> None:
         store[6]
 
 
+def test_select_refuses_what_indexing_refuses(written: Truth) -> None:
+    """``select`` agrees with ``store[layer, role, step]``: a step (or sample) with no rows raises, never an empty
+    view; a typo in a ``where`` predicate names the columns."""
+    store = ActStore.open(written.path)
+    with pytest.raises(UnknownKeyError, match=r"no step 42 .* steps are \[0, 1, 2, 3\]"):
+        store.select(6, "decision", step=[42])
+    with pytest.raises(UnknownKeyError, match=r"no step 42"):
+        store[6, "decision", 42]
+    with pytest.raises(UnknownKeyError, match=r"no step 42"):
+        store.select(6, "decision", step=[0, 42])
+    with pytest.raises(UnknownKeyError, match="no sample 999"):
+        store.select(6, "decision", sample=999)
+    with pytest.raises(UnknownKeyError, match=r"no step 0 .*steps are \[\]"):
+        store.select(6, "instruction", step=0)  # instruction rows carry NO_STEP only
+    with pytest.raises(actstore.StoreIndexError, match="list of ints"):
+        store.select(6, "decision", step=[1.5])
+    with pytest.raises(KeyError, match=r"no column 'postion' .* columns are \['sample', 'step', 'position'\]"):
+        store.select(6, "decision", where=lambda r: r["postion"] < 2)
+    with pytest.raises(UnknownKeyError, match="no column 'postion'"):
+        store.loader(6, "decision", where=lambda r: r["postion"] < 2)
+    assert len(store.select(6, "instruction", step=actstore.NO_STEP)) == len(store[6, "instruction"])
+
+
+def test_reading_after_close_raises(written: Truth) -> None:
+    store = actstore.open(written.path)
+    assert isinstance(store, ActStore) and not store.closed
+    view = store[6, "decision"]
+    view[:2]
+    store.close()
+    assert store.closed
+    for read in (lambda: view[:2], lambda: view.numpy(0), lambda: np.asarray(view), lambda: store[6, "decision"],
+                 lambda: store.rows("decision"), lambda: store.samples(), lambda: store.cond("adarms"),
+                 lambda: store.select(6, "decision", step=1), lambda: store.loader(6, "decision")):
+        with pytest.raises(actstore.StoreClosedError, match="closed"):
+            read()
+    with pytest.raises(ValueError):  # a StoreClosedError is a ValueError, as for a closed file
+        view[0]
+    store.close()  # twice is harmless
+
+
 def test_open_errors(tmp_path) -> None:
     with pytest.raises(actstore.NotAStoreError, match="does not exist"):
         ActStore.open(tmp_path / "missing.zarr")

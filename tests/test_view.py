@@ -61,6 +61,84 @@ def test_filtered_view_indexing(store_and_ref: tuple[ActStore, np.ndarray], data
     np.testing.assert_array_equal(v.numpy(key), sub[key])
 
 
+def _cols(d: int) -> st.SearchStrategy:
+    ints = st.integers(-d, d - 1)
+    slices = st.builds(slice, st.none() | st.integers(-d - 2, d + 2), st.none() | st.integers(-d - 2, d + 2),
+                       st.none() | st.integers(-3, 3).filter(lambda s: s != 0))
+    arrays = st.lists(ints, max_size=10).map(lambda xs: np.array(xs, dtype=np.int64))
+    masks = st.lists(st.booleans(), min_size=d, max_size=d).map(np.array)
+    return ints | slices | arrays | masks | st.just(Ellipsis)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_row_and_column_indexing_matches_numpy(store_and_ref: tuple[ActStore, np.ndarray], data: st.DataObject) -> None:
+    """Two-part keys (and ``...``) give numpy's values and shapes, 0-d included; where numpy would pair two array
+    indices element by element the view refuses (as h5py does) instead of answering differently."""
+    store, ref = store_and_ref
+    v = store[2, "decision"]
+    rows = data.draw(_keys(len(v)) | st.just(Ellipsis))
+    cols = data.draw(_cols(v.shape[1]))
+    key = data.draw(st.sampled_from([(rows, cols), (Ellipsis, cols), (rows, Ellipsis), (rows,)]))
+    is_arr = [isinstance(k, np.ndarray) for k in key]
+    if sum(is_arr) == 2:
+        with pytest.raises(StoreIndexError, match="both rows and columns"):
+            v[key]
+        return
+    try:
+        expect = ref[key]
+    except IndexError:  # e.g. two ellipses
+        with pytest.raises(StoreIndexError):
+            v[key]
+        return
+    np.testing.assert_array_equal(v.numpy(key), expect)
+    t = v[key]
+    assert tuple(t.shape) == expect.shape and t.dtype == torch.bfloat16
+    np.testing.assert_array_equal(t.view(torch.uint16).numpy(), expect)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_out_of_range_is_store_index_error_where_numpy_raises(store_and_ref: tuple[ActStore, np.ndarray],
+                                                             data: st.DataObject) -> None:
+    store, ref = store_and_ref
+    v = store[2, "decision"]
+    n, d = v.shape
+    big = st.integers(-3 * n, 3 * n)
+    key = data.draw(st.tuples(big, st.integers(-2 * d, 2 * d)) | big | st.lists(big, min_size=1, max_size=5).map(np.array))
+    try:
+        expect = ref[key]
+    except IndexError:
+        with pytest.raises(StoreIndexError, match="out of range"):
+            v[key]
+    else:
+        np.testing.assert_array_equal(v.numpy(key), expect)
+
+
+def test_scalar_element_is_0d(store_and_ref: tuple[ActStore, np.ndarray]) -> None:
+    store, ref = store_and_ref
+    v = store[2, "decision"]
+    assert v[3, 5].shape == () == ref[3, 5].shape
+    assert v[-1, -1].view(torch.uint16).item() == int(ref[-1, -1])
+    assert v[3].shape == ref[3].shape
+    assert v[()].shape == ref[()].shape
+
+
+def test_asarray_and_as_tensor(store_and_ref: tuple[ActStore, np.ndarray]) -> None:
+    store, ref = store_and_ref
+    v = store[2, "decision"]
+    values = torch.from_numpy(ref.copy()).view(torch.bfloat16)
+    a = np.asarray(v)
+    assert a.dtype == np.float32 and a.shape == v.shape
+    np.testing.assert_array_equal(a, values.float().numpy())
+    assert np.asarray(v, dtype=np.float64).dtype == np.float64
+    t = torch.as_tensor(v)
+    assert t.dtype == torch.bfloat16 and torch.equal(t, values)
+    f = store[2, "decision", 1]
+    assert torch.equal(torch.as_tensor(f), f[:])
+    np.testing.assert_array_equal(np.asarray(f), f[:].float().numpy())
+
+
 def test_column_index_applied_after_rows(store_and_ref: tuple[ActStore, np.ndarray]) -> None:
     store, ref = store_and_ref
     v = store[2, "decision"]
@@ -79,6 +157,13 @@ def test_column_index_applied_after_rows(store_and_ref: tuple[ActStore, np.ndarr
         (np.zeros((2, 2), dtype=int), "1-D int array"),
         (True, "bare bool"),
         ((1, 2, 3), "index of 3 parts"),
+        ((0, 8), "column 8 is out of range"),
+        ((0, -9), "column -9 is out of range"),
+        ((slice(None), [0, 8]), "column 8 is out of range"),
+        ((slice(None), np.ones(3, dtype=bool)), "mask must be 1-D of length 8"),
+        ((np.array([0, 1]), np.array([2, 3])), "both rows and columns"),
+        ((None, 0), "newaxis"),
+        ((Ellipsis, 0, Ellipsis), "single ellipsis"),
         ("a", "1-D int array"),
     ],
 )

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ._backend import Backend, detect_backend, open_backend
 from ._blocks import ArrayReader, BlockCache, ConcatReader
 from ._codec import BlockCodec
-from ._errors import CorruptStoreError, StoreIndexError, UnknownKeyError
+from ._errors import CorruptStoreError, StoreClosedError, StoreIndexError, UnknownKeyError
 from ._format import (
     DTYPES,
     NO_STEP,
@@ -28,9 +28,30 @@ from ._format import (
 from ._parts import merge_metadata, open_parts
 from ._view import ActView
 
-__all__ = ["ActStore", "open_store"]
+if TYPE_CHECKING:
+    import torch
+
+    from ._loader import ActLoader
+    from ._loader_config import LoaderConfig
+
+__all__ = ["ActStore", "RowTable", "open_store"]
 
 RowFilter = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class RowTable(dict):  # type: ignore[type-arg]
+    """A row table (column name -> int64 numpy array); an unknown column raises :class:`UnknownKeyError` (a
+    ``KeyError``) naming the columns, so a typo in a ``where`` predicate says what exists."""
+
+    def __init__(self, columns: dict[str, np.ndarray], what: str) -> None:
+        super().__init__(columns)
+        self.what = what
+
+    def __missing__(self, key: object) -> np.ndarray:
+        raise UnknownKeyError(f"no column {key!r} in {self.what}; columns are {list(self)}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RowTable, (dict(self), self.what))
 
 
 class ActStore:
@@ -42,6 +63,8 @@ class ActStore:
         self.storage_options = storage_options
         self.path = backend.path
         self._cache = BlockCache(cache_bytes)
+        self._closed = False
+        self._loaders: weakref.WeakSet[Any] = weakref.WeakSet()
         self._load()
 
     @classmethod
@@ -82,13 +105,35 @@ class ActStore:
 
     def refresh(self) -> ActStore:
         """Re-read the commit record to see rows committed since opening (a writer may still be appending)."""
+        self._check_open()
         self._load()
         return self
 
     def close(self) -> None:
+        """Release the files; loaders made from this store stop their threads, and every later read (views
+        included) raises :class:`~actstore.StoreClosedError`. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        for loader in list(self._loaders):
+            loader.close()
         for be, _ in self._parts:
             be.close()
         self._be.close()
+        self._cache.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"store {self.path} is closed; open it again with actstore.open({str(self.path)!r})")
+
+    def _track(self, loader: Any) -> None:
+        """Remember (weakly) a loader of this store, closed with it."""
+        self._check_open()
+        self._loaders.add(loader)
 
     def __enter__(self) -> ActStore:
         return self
@@ -195,6 +240,7 @@ class ActStore:
         return ConcatReader(readers, width, dtype, self._chunk_rows)
 
     def _read_all(self, key: str, width: int, dtype: np.dtype, n_rows: int) -> np.ndarray:
+        self._check_open()
         return self._reader(key, width, dtype, n_rows).read_range(0, n_rows)
 
     # ------------------------------------------------------------------------------------------ views
@@ -211,19 +257,34 @@ class ActStore:
 
     def view(self, layer: int | str, role: str) -> ActView:
         """All committed rows of ``layer`` for ``role`` (same as ``store[layer, role]``)."""
+        self._check_open()
         entry = self._layer_entry(layer, role)
         dtype = DTYPES[entry["dtype"]][1]
         reader = self._reader(acts_key(role, str(entry["layer"])), entry["d"], dtype, self.num_rows(role))
         return ActView(self, entry["layer"], role, reader, entry["dtype"])
 
     def _filter_steps(self, view: ActView, step: int | Iterable[int]) -> ActView:
-        steps = [step] if isinstance(step, (int, np.integer)) else list(step)
-        have = self.steps_of(view.role)
-        missing = [s for s in steps if int(s) not in have]
-        if missing:
-            raise UnknownKeyError(f"no step {missing[0]!r} for role {view.role!r} in store {self.path}; steps are {have}")
-        mask = np.isin(self.rows(view.role)["step"], np.asarray(steps, dtype=np.int64))
+        steps = self._values(view.role, "step", step)
+        mask = np.isin(self.rows(view.role)["step"], steps)
         return view.filter(mask, f", step={step!r}")
+
+    def _values(self, role: str, column: str, value: int | Iterable[int]) -> np.ndarray:
+        """``value`` (one int or several) as int64, each of which must occur in the role's ``column``."""
+        values = [value] if isinstance(value, (int, np.integer)) else list(value)
+        if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in values):
+            raise StoreIndexError(f"{column} must be an int or a list of ints, got {value!r}")
+        arr = np.asarray(values, dtype=np.int64)
+        have = np.unique(self.rows(role)[column])
+        missing = arr[~np.isin(arr, have)]
+        if missing.size:
+            if column == "step":
+                shown = self.steps_of(role)
+            else:
+                shown = have[:10].tolist() + (["..."] if have.size > 10 else [])
+            raise UnknownKeyError(
+                f"no {column} {int(missing[0])} for role {role!r} in store {self.path}; {column}s are {shown}"
+            )
+        return arr
 
     def select(
         self,
@@ -236,20 +297,20 @@ class ActStore:
     ) -> ActView:
         """A filtered view: rows whose step / sample is in the given values and for which ``where`` holds.
 
-        ``where`` is a boolean mask over the role's rows, or a callable taking the row table (dict of numpy
-        columns) and returning such a mask, e.g. ``where=lambda r: r["position"] < 4``.
+        A step or sample with no rows in the role raises :class:`UnknownKeyError` (as ``store[layer, role, step]``
+        does). ``where`` is a boolean mask over the role's rows, or a callable taking the row table (a dict of
+        numpy columns; an unknown column raises :class:`UnknownKeyError`) and returning such a mask, e.g.
+        ``where=lambda r: r["position"] < 4``.
         """
         view = self.view(layer, role)
         table = self.rows(role)
         mask = np.ones(len(view), dtype=bool)
         label = ""
         if step is not None:
-            steps = [step] if isinstance(step, (int, np.integer)) else list(step)
-            mask &= np.isin(table["step"], np.asarray(steps, dtype=np.int64))
+            mask &= np.isin(table["step"], self._values(role, "step", step))
             label += f", step={step!r}"
         if sample is not None:
-            samples = [sample] if isinstance(sample, (int, np.integer)) else list(sample)
-            mask &= np.isin(table["sample"], np.asarray(samples, dtype=np.int64))
+            mask &= np.isin(table["sample"], self._values(role, "sample", sample))
             label += f", sample={sample!r}"
         if where is not None:
             extra = where(table) if callable(where) else where
@@ -263,12 +324,14 @@ class ActStore:
     # ------------------------------------------------------------------------------------------ tables
     def rows(self, role: str) -> dict[str, np.ndarray]:
         """The role's row table: ``sample``, ``step``, ``position`` and any extra columns, as int64 numpy."""
+        self._check_open()
         cached = self._row_cache.get(role)
         if cached is None:
             spec = self._role(role)
             cols = spec["columns"]
             mat = self._read_all(rows_key(role), len(cols), np.dtype("<i8"), self.num_rows(role))
-            cached = {c: np.ascontiguousarray(mat[:, j]) for j, c in enumerate(cols)}
+            cached = RowTable({c: np.ascontiguousarray(mat[:, j]) for j, c in enumerate(cols)},
+                              f"the {role!r} rows of {self.path}")
             self._row_cache[role] = cached
         return cached
 
@@ -326,6 +389,7 @@ class ActStore:
     def samples(self) -> dict[str, Any]:
         """The per-sample table: ``sample`` and extra int columns, plus ``prompt`` (list of str),
         ``prompt_ids`` and ``instruction_mask`` (bool) where stored."""
+        self._check_open()
         if self._samples_cache is not None:
             return self._samples_cache
         spec = self.meta["samples"]
@@ -380,12 +444,65 @@ class ActStore:
         return self.view(layer, role).filter(idx)[:]
 
     # ------------------------------------------------------------------------------------------ loader
-    def loader(self, layer: Any, role: str, **kwargs: Any) -> Any:
-        """Minibatches of ``store[layer, role]`` for training (see :class:`actstore.ActLoader`); ``layer`` may be a
-        list of layers of the role for multi-layer models (same rows, same order)."""
-        from ._loader import ActLoader
+    def loader(
+        self,
+        layer: int | str | Sequence[int | str],
+        role: str,
+        *,
+        step: int | Iterable[int] | None = None,
+        sample: int | Iterable[int] | None = None,
+        where: RowFilter | np.ndarray | None = None,
+        batch_size: int = 4096,
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_chunks: int = 8,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        dtype: str | None = None,
+        with_rows: bool = False,
+        pin_memory: bool = False,
+        device: str | None = None,
+        prefetch: int = 2,
+        reuse_buffers: bool = False,
+        config: LoaderConfig | None = None,
+        **unknown: Any,
+    ) -> ActLoader:
+        """Minibatches of ``store[layer, role]`` for training (an :class:`~actstore.ActLoader`).
 
-        return ActLoader(self, layer, role, **kwargs)
+        ``layer`` may be a list of layers of the role (same rows, same order; batches are dicts). ``step`` /
+        ``sample`` / ``where`` filter rows as in :meth:`select`. The other options are the fields of
+        :class:`~actstore.LoaderConfig` (documented there), with its defaults; alternatively pass a whole
+        ``config`` and leave them at their defaults. Every yielded host batch is a tensor of its own unless
+        ``reuse_buffers=True`` (a ring of reused buffers: faster, but a batch is overwritten a few batches later).
+        An unknown keyword raises :class:`~actstore.ConfigError` naming the valid options.
+        """
+        from ._config import ConfigError
+        from ._loader import ActLoader
+        from ._loader_config import LoaderConfig
+
+        options = {
+            "batch_size": batch_size, "shuffle": shuffle, "seed": seed, "shuffle_chunks": shuffle_chunks,
+            "drop_last": drop_last, "rank": rank, "world_size": world_size, "dtype": dtype, "with_rows": with_rows,
+            "pin_memory": pin_memory, "device": device, "prefetch": prefetch, "reuse_buffers": reuse_buffers,
+        }
+        if unknown:
+            valid = ["layer", "role", "step", "sample", "where", *options, "config"]
+            raise ConfigError(f"unknown loader option {sorted(unknown)[0]!r}; valid options are {valid}")
+        defaults = LoaderConfig()
+        changed = {k: v for k, v in options.items() if v != getattr(defaults, k)}
+        if config is not None and changed:
+            raise ConfigError(f"give loader options either as config= or as keywords, not both (got config and "
+                              f"{sorted(changed)})")
+        return ActLoader(self, layer, role, step=step, sample=sample, where=where,
+                         config=config if config is not None else LoaderConfig(**options))
+
+    def features(self, name: str, *, verify: bool = True) -> Any:
+        """The feature group ``name`` written by ``actstore features`` (a :class:`~actstore.FeatureSet`)."""
+        from ._features import open_features
+
+        self._check_open()
+        return open_features(self, name, verify=verify)
 
     # ------------------------------------------------------------------------------------------ summary
     def stored_bytes(self) -> int:

@@ -1,0 +1,331 @@
+"""The feature pass: stream one (layer, role) of a store through an SAE and keep per-feature statistics.
+
+:func:`feature_pass` reads the rows in store order (a background thread reads and decodes the next batch while the
+SAE encodes this one, on the GPU when there is one), and keeps per feature:
+
+- ``top_val`` / ``top_row`` (features, top_k): the strongest activations and their row indices, best first;
+- ``hist`` (features, bins): counts of non-zero activations in log-spaced bins (``FeaturePassConfig.hist_log10``);
+- ``count`` / ``sum`` / ``max`` (features,): firing rows, activation sum and maximum;
+- ``count_by_step``, ``sum_by_step`` (steps, features) and ``rows_by_step`` (steps,); the same counts by each
+  per-sample column in ``FeaturePassConfig.by`` that the store holds (``task``, ``episode``).
+
+It writes a derived group (:mod:`actstore._features`) and never modifies the store. Every
+``checkpoint_every`` batches the accumulators go to ``<name>.partial/``; a rerun with the same SAE and config
+continues from there (``resume=True``, the default), and gives the very arrays an uninterrupted run gives.
+
+SAE files: ``.safetensors`` / ``.npz`` holding ``W_enc`` (d, m), ``W_dec`` (m, d), ``b_enc`` (m,), ``b_dec`` (d,) and,
+for JumpReLU (Gemma Scope's layout), ``threshold`` (m,). TopK (our checkpoints, ``examples/train_sae.py``):
+``z = TopK(relu((x - b_dec) W_enc + b_enc))``; JumpReLU (Gemma Scope): ``pre = x W_enc + b_enc``,
+``z = pre * (pre > threshold)`` (Gemma Scope does not subtract ``b_dec`` before encoding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._config import ConfigError
+from ._errors import SchemaMismatchError, StoreExistsError, UnknownKeyError
+from ._features import _sha256, check_name, derived_root, write_group
+from ._format import NO_STEP
+
+if TYPE_CHECKING:
+    from ._reader import ActStore
+
+__all__ = ["FeaturePassConfig", "SAEEncoder", "feature_pass", "load_sae"]
+
+
+class SAEEncoder(nn.Module):
+    """The encoder (and decoder matrix) of a TopK or JumpReLU SAE; ``encode(x) -> z`` dense (rows, d_sae)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], kind: str, k: int | None) -> None:
+        super().__init__()
+        self.kind, self.k = kind, k
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+            if name in tensors:
+                self.register_buffer(name, tensors[name].float().contiguous())
+        self.d_in, self.d_sae = self.W_enc.shape
+
+    @torch.no_grad()
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        x_BD = x_BD.to(self.W_enc.device, torch.float32)
+        if self.kind == "jumprelu":
+            pre_BM = x_BD @ self.W_enc + self.b_enc
+            return pre_BM * (pre_BM > self.threshold)
+        pre_BM = torch.relu((x_BD - self.b_dec) @ self.W_enc + self.b_enc)
+        vals_BK, idx_BK = pre_BM.topk(int(self.k or 1), dim=-1, sorted=False)
+        return torch.zeros_like(pre_BM).scatter_(-1, idx_BK, vals_BK)
+
+    def decode(self, z_BM: torch.Tensor) -> torch.Tensor:
+        return z_BM @ self.W_dec + self.b_dec
+
+
+def load_sae(path: str | os.PathLike[str], *, kind: str = "auto", k: int | None = None) -> SAEEncoder:
+    """An SAE from ``.safetensors`` / ``.npz``. ``kind``: ``topk`` (needs ``k``), ``jumprelu`` (needs ``threshold``)
+    or ``auto`` (``jumprelu`` when the file holds a non-zero ``threshold``, else ``topk``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UnknownKeyError(f"no SAE file {p}")
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as f:
+            tensors = {n: torch.from_numpy(np.asarray(f[n], dtype=np.float32)) for n in f.files}
+    else:
+        from safetensors.torch import load_file
+
+        tensors = {n: t.float() for n, t in load_file(str(p)).items()}
+    need = ("W_enc", "W_dec", "b_enc", "b_dec")
+    missing = [n for n in need if n not in tensors]
+    if missing:
+        raise UnknownKeyError(f"{p} lacks {missing}; an SAE file holds {list(need)} (+ threshold for JumpReLU), "
+                              f"found {sorted(tensors)}")
+    d_in, d_sae = tensors["W_enc"].shape
+    expect = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for name, shape in expect.items():
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            raise SchemaMismatchError(f"{name} in {p} has shape {tuple(tensors[name].shape)}, expected {shape} "
+                                      f"(W_enc is {(d_in, d_sae)})")
+    if kind == "auto":
+        thr = tensors.get("threshold")
+        kind = "jumprelu" if thr is not None and bool((thr != 0).any()) else "topk"
+    if kind not in ("topk", "jumprelu"):
+        raise ConfigError(f"unknown SAE kind {kind!r}; kinds are 'auto', 'topk', 'jumprelu'")
+    if kind == "jumprelu" and "threshold" not in tensors:
+        raise ConfigError(f"a JumpReLU SAE needs a 'threshold' tensor; {p} holds {sorted(tensors)}")
+    if kind == "topk" and (k is None or not 0 < k <= d_sae):
+        raise ConfigError(f"a TopK SAE needs k in [1, {d_sae}] (--k), got {k!r}")
+    return SAEEncoder(tensors, kind, k if kind == "topk" else None)
+
+
+@dataclass(frozen=True)
+class FeaturePassConfig:
+    """One feature pass over a (layer, role)."""
+
+    layer: int | str
+    """Layer to read."""
+    role: str = "decision"
+    """Row role to read."""
+    name: str = "features"
+    """Name of the derived group (``store.features(name)``)."""
+    top_k: int = 32
+    """Top examples kept per feature."""
+    hist_log10: tuple[float, float, int] = (-3.0, 3.0, 48)
+    """Histogram bins: log10 of the lowest and highest edge, number of bins (values outside go to the end bins)."""
+    by: tuple[str, ...] = ("task", "episode")
+    """Per-sample columns to count firing by (those the store's sample table lacks are skipped)."""
+    batch_rows: int = 8192
+    """Rows per SAE batch (rounded up to whole chunks of the store)."""
+    device: str | None = None
+    """Where the SAE runs (None: cuda when available, else cpu)."""
+    checkpoint_every: int = 50
+    """Batches between checkpoints of the accumulators (resume after a kill)."""
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.top_k < 1 or self.batch_rows < 1 or self.checkpoint_every < 1:
+            raise ConfigError(f"top_k, batch_rows and checkpoint_every must be >= 1, got {self.top_k}, "
+                              f"{self.batch_rows}, {self.checkpoint_every}")
+        lo, hi, bins = self.hist_log10
+        if not lo < hi or bins < 1:
+            raise ConfigError(f"hist_log10 must be (lo < hi, bins >= 1), got {self.hist_log10}")
+
+
+class _Stats:
+    """The accumulators on the SAE's device."""
+
+    def __init__(self, m: int, k: int, bins: int, groups: dict[str, int], dev: torch.device) -> None:
+        i64, f64 = dict(dtype=torch.int64, device=dev), dict(dtype=torch.float64, device=dev)
+        self.t: dict[str, torch.Tensor] = {
+            "count": torch.zeros(m, **i64), "sum": torch.zeros(m, **f64),
+            "max": torch.zeros(m, dtype=torch.float32, device=dev), "hist": torch.zeros(m, bins, **i64),
+            "top_val": torch.zeros(m, k, dtype=torch.float32, device=dev), "top_row": torch.full((m, k), -1, **i64),
+            "sum_by_step": torch.zeros(groups["step"], m, **f64),
+        }
+        for g, n in groups.items():
+            self.t[f"count_by_{g}"] = torch.zeros(n, m, **i64)
+            self.t[f"rows_by_{g}"] = torch.zeros(n, **i64)
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        return {k: v.cpu().numpy() for k, v in self.t.items()}
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        for k, v in self.t.items():
+            v.copy_(torch.from_numpy(arrays[k]))
+
+
+def _group_index(store: ActStore, role: str, by: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    """Per role row: its bucket in each grouping (``step`` and each ``by`` column), and the bucket values."""
+    table = store.rows(role)
+    steps = np.unique(table["step"])
+    index = {"step": np.searchsorted(steps, table["step"])}
+    values: dict[str, list] = {"step": [int(s) for s in steps] or [NO_STEP]}
+    samples = store.samples()
+    present = [c for c in by if c in samples and c != "sample"]
+    if present:
+        ids = samples["sample"]
+        order = np.argsort(ids, kind="stable")
+        where = order[np.minimum(np.searchsorted(ids[order], table["sample"]), max(len(ids) - 1, 0))]
+        for c in present:
+            col = np.asarray(samples[c])[where] if len(ids) else np.zeros(0, dtype=np.int64)
+            uniq = np.unique(col)
+            index[c] = np.searchsorted(uniq, col)
+            values[c] = [int(v) for v in uniq]
+    return index, values
+
+
+def _update(st: _Stats, z_BM: torch.Tensor, rows_B: torch.Tensor, grp: dict[str, torch.Tensor],
+            hist: tuple[float, float, int]) -> None:
+    t = st.t
+    M = z_BM.shape[1]
+    fire = z_BM > 0
+    b_idx, f_idx = fire.nonzero(as_tuple=True)
+    vals = z_BM[b_idx, f_idx]
+    t["count"] += fire.sum(0)
+    t["sum"] += z_BM.sum(0, dtype=torch.float64)
+    torch.maximum(t["max"], z_BM.max(0).values, out=t["max"])
+    lo, hi, bins = hist
+    b = ((vals.log10() - lo) * (bins / (hi - lo))).floor().clamp_(0, bins - 1).long()
+    t["hist"].view(-1).index_add_(0, f_idx * bins + b, torch.ones_like(b))
+    for g, gi_B in grp.items():
+        n = t[f"rows_by_{g}"].shape[0]
+        t[f"rows_by_{g}"] += torch.bincount(gi_B, minlength=n)
+        t[f"count_by_{g}"].view(-1).index_add_(0, gi_B[b_idx] * M + f_idx, torch.ones_like(f_idx))
+    t["sum_by_step"].index_add_(0, grp["step"], z_BM.double())
+    k = t["top_val"].shape[1]
+    cand_val = torch.cat((t["top_val"], z_BM.t()), dim=1)
+    cand_row = torch.cat((t["top_row"], rows_B[None, :].expand(M, -1)), dim=1)
+    val, pos = cand_val.topk(k, dim=1)  # sorted, best first
+    t["top_val"] = val
+    t["top_row"] = torch.where(val > 0, cand_row.gather(1, pos), torch.full_like(pos, -1))
+
+
+def _identity(store: ActStore, cfg: FeaturePassConfig, sae_path: Path, sae: SAEEncoder, n_rows: int) -> dict:
+    return {"name": cfg.name, "layer": cfg.layer, "role": cfg.role, "n_rows": n_rows, "top_k": cfg.top_k,
+            "hist": {"log10_lo": cfg.hist_log10[0], "log10_hi": cfg.hist_log10[1], "bins": cfg.hist_log10[2]},
+            "batch_rows": cfg.batch_rows,
+            "sae": {"path": str(sae_path.resolve()), "sha256": _sha256(sae_path), "kind": sae.kind, "k": sae.k,
+                    "d_in": int(sae.d_in), "d_sae": int(sae.d_sae)},
+            "store": {"path": str(store.path), "format_version": store.format_version}}
+
+
+def _save_partial(folder: Path, ident: dict, next_row: int, st: _Stats) -> None:
+    tmp = folder.with_name(folder.name + ".new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    np.savez(tmp / "state.npz", **st.numpy())
+    (tmp / "state.json").write_text(json.dumps({"identity": ident, "next_row": next_row}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def _load_partial(folder: Path, ident: dict, st: _Stats) -> int:
+    state_file = folder / "state.json"
+    if not state_file.is_file():
+        return 0
+    state = json.loads(state_file.read_text())
+    if state.get("identity") != ident:  # another SAE, config or row count: start over
+        return 0
+    with np.load(folder / "state.npz", allow_pickle=False) as f:
+        st.load({k: f[k] for k in f.files})
+    return int(state["next_row"])
+
+
+def feature_pass(store: ActStore, sae_path: str | os.PathLike[str], cfg: FeaturePassConfig, *,
+                 sae_kind: Literal["auto", "topk", "jumprelu"] = "auto", k: int | None = None,
+                 overwrite: bool = False, resume: bool = True, progress: bool = True,
+                 stop_after: int | None = None) -> Path:
+    """Run the pass and write the group; returns its folder. ``stop_after`` (tests) stops after that many batches,
+    leaving only the checkpoint, as a kill would."""
+    root = derived_root(store.path)
+    final = root / cfg.name
+    if (final / "features.json").exists() and not overwrite:
+        raise StoreExistsError(f"feature group {cfg.name!r} already exists at {final}; pass overwrite=True "
+                               "(--overwrite) to recompute it, or choose another --name")
+    sae_file = Path(sae_path)
+    sae = load_sae(sae_file, kind=sae_kind, k=k)
+    view = store.view(cfg.layer, cfg.role)
+    if view.shape[1] != sae.d_in:
+        raise SchemaMismatchError(f"SAE {sae_file} has d_in {sae.d_in}; layer {cfg.layer!r} role {cfg.role!r} rows "
+                                  f"have width {view.shape[1]}")
+    dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sae.to(dev)
+    n = len(view)
+    chunk = int(store.meta["layout"]["chunk_rows"])
+    batch = -(-cfg.batch_rows // chunk) * chunk
+    gindex, gvalues = _group_index(store, cfg.role, cfg.by)
+    st = _Stats(sae.d_sae, cfg.top_k, cfg.hist_log10[2], {g: len(v) for g, v in gvalues.items()}, dev)
+    ident = {**_identity(store, cfg, sae_file, sae, n), "batch_rows": batch}
+    partial = root / (cfg.name + ".partial")
+    start = _load_partial(partial, ident, st) if resume else 0
+    gidx_t = {g: torch.from_numpy(v.astype(np.int64)) for g, v in gindex.items()}
+    starts = list(range(start, n, batch))
+    bar = _bar(progress, n, start, f"features {cfg.name}")
+    t0, done = time.perf_counter(), 0
+
+    def read(a: int) -> torch.Tensor:
+        x = view[a:min(a + batch, n)]
+        return x.pin_memory() if dev.type == "cuda" else x
+
+    with ThreadPoolExecutor(1, thread_name_prefix="actstore-features") as pool, torch.no_grad():
+        nxt = pool.submit(read, starts[0]) if starts else None
+        for i, a in enumerate(starts):
+            x = nxt.result() if nxt is not None else read(a)
+            nxt = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
+            b = min(a + batch, n)
+            z = sae.encode(x.to(dev, non_blocking=True))
+            rows = torch.arange(a, b, device=dev)
+            _update(st, z, rows, {g: v[a:b].to(dev) for g, v in gidx_t.items()}, cfg.hist_log10)
+            done += b - a
+            bar.update(b - a)
+            if (i + 1) % cfg.checkpoint_every == 0 and b < n:
+                _save_partial(partial, ident, b, st)
+            if stop_after is not None and i + 1 >= stop_after:
+                _save_partial(partial, ident, b, st)
+                bar.close()
+                return partial
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    record = {**ident, "kind": "sae_features", "steps": gvalues["step"],
+              "groups": {g: v for g, v in gvalues.items() if g != "step"}, "config": _jsonable(asdict(cfg)),
+              "rows_per_s": done / elapsed if elapsed > 0 else None, "device": str(dev)}
+    writing = root / (cfg.name + ".writing")
+    if writing.exists():
+        shutil.rmtree(writing)
+    write_group(writing, record, st.numpy())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(writing, final)
+    if partial.exists():
+        shutil.rmtree(partial)
+    return final
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(progress: bool, total: int, initial: int, desc: str) -> Any:
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="row", unit_scale=True)

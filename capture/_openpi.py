@@ -106,14 +106,15 @@ def _pi0_config(c: OpenpiConfig) -> Any:
 
 def build_openpi(path: str) -> nn.Module:
     """``PI0Pytorch`` built from the converter's config and loaded (strictly) from ``model.safetensors``."""
+    weights, cfg = openpi_checkpoint(path)
+    config = _config(weights, cfg)
     try:
         from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
     except ImportError as e:
         raise ModelSpecError(f"model 'openpi' needs openpi's PyTorch model importable (openpi.models_pytorch): {e}") from e
     import safetensors.torch
 
-    weights, cfg = openpi_checkpoint(path)
-    model = PI0Pytorch(_pi0_config(_config(weights, cfg)))
+    model = PI0Pytorch(_pi0_config(config))
     try:
         safetensors.torch.load_model(model, str(weights), strict=True)
     except RuntimeError as e:

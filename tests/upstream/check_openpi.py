@@ -73,7 +73,9 @@ def check_cli(model, tmp: Path) -> dict:
             "--batch-size", "2", "--max-batches", "1", "--num-steps", "2", "--quiet"]
     saved, sys.argv = sys.argv, argv
     try:
-        _cli.main()
+        rc = _cli.main()
+        if rc not in (0, None):
+            raise SystemExit(f"python -m capture {' '.join(argv[1:])} exited with {rc}")
     finally:
         sys.argv = saved
     loaded, adapter = capture.load_model(capture.ModelSpec(name="openpi", checkpoint_path=str(ckpt / "model.safetensors")))

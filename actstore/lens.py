@@ -11,8 +11,8 @@ Which module paths hold these is a :class:`LensLayout` (``openpi`` and the built
 with their ``model.`` prefix, ``transformers-pi0`` whose expert has a plain RMSNorm and no AdaRMS), picked from the
 model's structure by :func:`layout_for` or given explicitly.
 
-The action expert's ``lm_head`` (``gemma_expert.lm_head``) was never trained (pi0_models.md section 0.1): decoding
-through it is refused with :class:`UntrainedHeadError` unless ``allow_untrained=True``.
+The action expert's ``lm_head`` (``gemma_expert.lm_head``) was never trained (the JAX model has no unembedding for the expert,
+the converter never fills it, training never sends it a gradient): decoding through it is refused with :class:`UntrainedHeadError` unless ``allow_untrained=True``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ HEADS: dict[str, HeadSpec] = {
         "gemma_expert.lm_head holds random weights: the JAX pi0/pi0.5 has no unembedding for the action expert "
         "(its one embedder belongs to PaliGemma), the JAX->PyTorch converter never fills this matrix "
         "(load_state_dict(strict=False)), and flow-matching training never sends it a gradient "
-        "(pi0_models.md section 0.1). Its 'logits' are a random projection; use head='action' (velocity lens) for "
+        "(it is not part of the trained model). Its 'logits' are a random projection; use head='action' (velocity lens) for "
         "decision rows or head='vlm_lm_head' for instruction rows"),
 }
 """Head name -> what it is and whether it is trained."""

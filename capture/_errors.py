@@ -6,13 +6,7 @@ catch, so ``except ValueError`` and ``except ActStoreError`` both work.
 
 from __future__ import annotations
 
-try:  # the store package defines the root error; fall back while it is being written
-    from actstore import ActStoreError
-except ImportError:  # pragma: no cover - only while actstore is incomplete
-
-    class ActStoreError(Exception):  # type: ignore[no-redef]
-        """Root of every actstore / capture error."""
-
+from actstore import ActStoreError
 
 __all__ = ["ActStoreError", "CaptureConfigError", "CaptureError", "ModelSpecError", "SiteError",
            "SiteOutputError"]

@@ -5,6 +5,9 @@
     actstore export run.zarr --to h5|zarr|npy|safetensors [--out PATH] [--layer 14] [--role decision] [--step 0 9]
     actstore lens run.zarr --layer 14 [--head action|vlm_lm_head|expert_lm_head] [--step 9]
     actstore verify run.zarr
+    actstore shuffle run.zarr --out shuffled.zarr [--seed 0]
+    actstore features run.zarr --sae sae.safetensors --layer 14 --role decision --name sae14 [--k 32]
+    actstore dashboard run.zarr --features sae14 --out site/
     actstore --version
 
 Each subcommand is a frozen dataclass handled by a plain function returning the exit status; ``SUBCOMMANDS`` maps
@@ -134,6 +137,59 @@ class Verify:
     """Store to verify."""
 
 
+@dataclass(frozen=True)
+class Shuffle:
+    """Copy a store with every role's rows in one uniformly random order (out of core, resumable)."""
+
+    path: Annotated[str, Pos]
+    """Store to shuffle."""
+    out: str | None = None
+    """Destination store (default: <name>.shuffled.zarr / .h5 next to the source)."""
+    seed: int = 0
+    """Seed of the permutation (the same seed gives the same order)."""
+    bucket_mb: int = 512
+    """Memory for one bucket of the permute pass, in MiB."""
+    codec: Literal["lz4", "zstd", "none"] | None = None
+    """Codec of the destination (default: the source's)."""
+    overwrite: bool = False
+    """Replace an existing destination (and an unfinished shuffle's work directory)."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """Stream a (layer, role) through an SAE into a derived feature group (top examples, histograms, density by
+    step and by task); resumable, on the GPU when there is one. Query it with store.features(name)."""
+
+    path: Annotated[str, Pos]
+    """Store to read (a local .zarr directory or .h5 file; the group is written beside the captured arrays)."""
+    sae: str
+    """SAE weights (.safetensors / .npz with W_enc, W_dec, b_enc, b_dec, + threshold for JumpReLU)."""
+    layer: str
+    """Layer to encode."""
+    role: str = "decision"
+    """Role to encode."""
+    name: str = "features"
+    """Name of the feature group (store.features(name), actstore dashboard --features name)."""
+    k: int | None = None
+    """Active latents per row of a TopK SAE (required for TopK; JumpReLU uses its thresholds)."""
+    kind: Literal["auto", "topk", "jumprelu"] = "auto"
+    """SAE kind (auto: jumprelu when the file holds a non-zero threshold, else topk)."""
+    top_k: int = 32
+    """Top examples kept per feature."""
+    batch_rows: int = 8192
+    """Rows per SAE batch."""
+    device: str | None = None
+    """Device of the SAE (default: cuda when available, else cpu)."""
+    overwrite: bool = False
+    """Recompute an existing group."""
+    resume: bool = True
+    """Continue an interrupted pass from its checkpoint (--no-resume starts over)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
 def _layer(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
@@ -258,12 +314,45 @@ def verify(cmd: Verify) -> int:
     return 0 if report.ok else 1
 
 
+def shuffle(cmd: Shuffle) -> int:
+    from ._reshuffle import ShuffleConfig, shuffle_store
+
+    src = Path(cmd.path.rstrip("/"))
+    out = cmd.out or str(src.with_name(f"{src.stem}.shuffled{src.suffix or '.zarr'}"))
+    cfg = ShuffleConfig(seed=cmd.seed, bucket_bytes=cmd.bucket_mb << 20, codec=cmd.codec, overwrite=cmd.overwrite,
+                        progress=cmd.progress)
+    print(shuffle_store(cmd.path, out, cfg))
+    return 0
+
+
+def features(cmd: Features) -> int:
+    from ._config import ConfigError
+    from ._errors import InvalidNameError
+    from ._features_pass import FeaturePassConfig, feature_pass
+    from ._reader import ActStore
+
+    if cmd.kind == "topk" and cmd.k is None:
+        raise ConfigError("a TopK SAE needs --k (active latents per row); or pass --kind jumprelu")
+    try:
+        cfg = FeaturePassConfig(layer=_layer(cmd.layer), role=cmd.role, name=cmd.name, top_k=cmd.top_k,
+                                batch_rows=cmd.batch_rows, device=cmd.device)
+    except InvalidNameError as exc:  # a bad --name is a bad argument (exit 2)
+        raise ConfigError(str(exc)) from None
+    with ActStore.open(cmd.path) as store:
+        out = feature_pass(store, cmd.sae, cfg, sae_kind=cmd.kind, k=cmd.k, overwrite=cmd.overwrite,
+                           resume=cmd.resume, progress=cmd.progress)
+    print(out)
+    return 0
+
+
 SUBCOMMANDS: dict[str, tuple[type, Callable[[Any], int]]] = {
     "info": (Info, info),
     "plot": (Plot, plot),
     "export": (Export, export),
     "lens": (Lens, lens),
     "verify": (Verify, verify),
+    "shuffle": (Shuffle, shuffle),
+    "features": (Features, features),
 }
 """Subcommand name -> (its frozen dataclass of options, the function that runs it and returns the exit status)."""
 

@@ -69,6 +69,12 @@ def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["lens", "{store}", "--layer", "6", "--head", "expert_lm_head"], "--allow-untrained"),
         (["lens", "{store}", "--layer", "6", "--k", "x"], "--k"),
         (["verify"], "verify --help"),
+        (["shuffle", "{store}", "--seed", "-1"], "seed"),
+        (["shuffle", "{store}", "--codec", "gzip"], "'gzip'"),
+        (["features", "{store}", "--layer", "6"], "--sae"),
+        (["features", "{store}", "--sae", "{sae}", "--layer", "6"], "--k"),
+        (["features", "{store}", "--sae", "{sae}", "--layer", "6", "--kind", "topk"], "--k"),
+        (["features", "{store}", "--sae", "{sae}", "--layer", "6", "--k", "3", "--name", "../x"], "'../x'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
@@ -76,8 +82,9 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
     """Every subcommand: a command line refused before the store is read -> one line on stderr, status 2."""
     store = tmp_path / "run.zarr"
     write_store(store, n_samples=4)
+    sae = _sae_file(tmp_path / "sae.safetensors", d=32)
     capsys.readouterr()
-    assert main([a.replace("{store}", str(store)) for a in argv]) == 2
+    assert main([a.replace("{store}", str(store)).replace("{sae}", str(sae)) for a in argv]) == 2
     line = _err_line(capsys)
     assert needle.lower() in line.lower(), line
 
@@ -93,6 +100,13 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
         (["export", "{store}", "--to", "npy", "--layer", "7"], "no layer 7"),
         (["export", "{store}", "--to", "h5", "--out", "{store}"], "onto itself"),
         (["lens", "{missing}", "--layer", "6"], "no store"),
+        (["shuffle", "{missing}"], "no store"),
+        (["shuffle", "{store}", "--out", "{store}"], "onto itself"),
+        (["shuffle", "{store}", "--out", "{junk}"], "already exists"),
+        (["features", "{missing}", "--sae", "{sae}", "--layer", "6", "--k", "3"], "no store"),
+        (["features", "{store}", "--sae", "{missing}", "--layer", "6", "--k", "3"], "no sae file"),
+        (["features", "{store}", "--sae", "{sae}", "--layer", "7", "--k", "3"], "no layer 7"),
+        (["features", "{store}", "--sae", "{wide}", "--layer", "6", "--k", "3"], "d_in 33"),
     ],
 )
 def test_failures_exit_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
@@ -103,11 +117,76 @@ def test_failures_exit_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
     capsys.readouterr()
-    paths = {"{store}": str(store), "{missing}": str(tmp_path / "missing.zarr"), "{junk}": str(tmp_path / "junk")}
+    paths = {"{store}": str(store), "{missing}": str(tmp_path / "missing.zarr"), "{junk}": str(tmp_path / "junk"),
+             "{sae}": str(_sae_file(tmp_path / "sae.safetensors", d=32)),
+             "{wide}": str(_sae_file(tmp_path / "wide.safetensors", d=33))}
     code = main([paths.get(a, a) for a in argv])
     line = _err_line(capsys)
     assert needle.lower() in line.lower(), line
-    assert code == (2 if needle == "onto itself" else 1)
+    assert code == (2 if needle == "onto itself" and argv[0] == "export" else 1)
+
+
+def _sae_file(path: Path, *, d: int, m: int = 48, seed: int = 0) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(m, d, generator=g) / d**0.5
+    save_file({"W_enc": w.t().contiguous(), "W_dec": w, "b_enc": torch.randn(m, generator=g) * 0.1,
+               "b_dec": torch.zeros(d)}, str(path))
+    return path
+
+
+def test_features_and_shuffle_through_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """features writes the group the Python pass writes (same arrays); a rerun is refused until --overwrite; an
+    interrupted pass resumes; shuffle writes a permuted copy (same rows as a multiset, same row table)."""
+    import numpy as np
+    import torch
+
+    import actstore
+    from actstore._features_pass import FeaturePassConfig, feature_pass
+
+    store = tmp_path / "run.zarr"
+    write_store(store, n_samples=12, dtype=torch.float32)
+    sae = _sae_file(tmp_path / "sae.safetensors", d=32)
+    argv = ["features", str(store), "--sae", str(sae), "--layer", "6", "--role", "decision", "--name", "sae6",
+            "--k", "4", "--top-k", "8", "--batch-rows", "64", "--no-progress"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(store / "derived" / "sae6")
+    with actstore.ActStore.open(store) as s:
+        feature_pass(s, sae, FeaturePassConfig(layer=6, name="ref", top_k=8, batch_rows=64), k=4, progress=False)
+        got, ref = s.features("sae6"), s.features("ref")
+        assert got.record["sae"]["k"] == 4 and got.role == "decision" and got.layer == 6
+        for key in ref.record["arrays"]:
+            np.testing.assert_array_equal(got.array(key), ref.array(key), err_msg=key)
+        # a killed pass leaves a checkpoint; the CLI continues it to the same arrays
+        feature_pass(s, sae, FeaturePassConfig(layer=6, name="resumed", top_k=8, batch_rows=64, checkpoint_every=1),
+                     k=4, progress=False, stop_after=2)
+    assert (store / "derived" / "resumed.partial").is_dir()
+    assert main([("resumed" if a == "sae6" else a) for a in argv]) == 0
+    capsys.readouterr()
+    with actstore.ActStore.open(store) as s:
+        for key in ref.record["arrays"]:
+            np.testing.assert_array_equal(s.features("resumed").array(key), ref.array(key), err_msg=key)
+    assert main(argv) == 1
+    assert "--overwrite" in _err_line(capsys)
+    assert main([*argv, "--overwrite"]) == 0
+    assert main(["verify", str(store)]) == 0  # the derived group does not disturb the store
+    capsys.readouterr()
+
+    assert main(["shuffle", str(store), "--out", str(tmp_path / "shuf.zarr"), "--seed", "3", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "shuf.zarr")
+    with actstore.ActStore.open(store) as a, actstore.ActStore.open(tmp_path / "shuf.zarr") as b:
+        x, y = a[6, "decision"][:].numpy(), b[6, "decision"][:].numpy()
+        assert not np.array_equal(x, y)
+        key = np.lexsort(x.T[::-1])
+        np.testing.assert_array_equal(x[key], y[np.lexsort(y.T[::-1])])
+        ra, rb = a.rows("decision"), b.rows("decision")
+        perm = np.lexsort(y.T[::-1])[np.argsort(key)]  # row i of a is row perm[i] of b
+        for col in ("sample", "step", "position"):
+            np.testing.assert_array_equal(ra[col], rb[col][perm])
+    assert main(["shuffle", str(store), "--no-progress"]) == 0
+    assert (tmp_path / "run.shuffled.zarr").is_dir()
 
 
 def test_verify_problems_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,7 +210,7 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("info", "plot", "export", "lens", "verify"):
+    for name in ("info", "plot", "export", "lens", "verify", "shuffle", "features"):
         assert name in out
 
 

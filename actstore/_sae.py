@@ -1,22 +1,46 @@
-"""A small TopK sparse autoencoder, pre-trained weight loading (safetensors / npz) and exact checkpoints."""
+"""A small TopK sparse autoencoder, pre-trained weight loading (safetensors / npz) and exact checkpoints.
+
+The forward pass is sparse where it can be: the encoder is one dense matmul and a top-k (every latent has to be
+scored to pick the k largest), but the decoder only touches the k active latents' decoder rows
+(``embedding_bag``: a weighted sum of k rows per token, and a backward that scatters into those rows only)
+instead of a dense ``(B, m) @ (m, d)`` matmul over a matrix that is almost all zeros, and its two dense backward
+matmuls. ``b_dec`` is subtracted from the input as ``x @ W_enc - b_dec @ W_enc``, the same value up to rounding,
+so its gradient is a vector-matrix product instead of a third (B, m) x (m, d) matmul. :meth:`TopKSAE.forward_dense`
+keeps the textbook dense formulation as the reference (tests and ``benchmarks/bench_sae.py`` compare the two).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
 from ._errors import SchemaMismatchError, UnknownKeyError
 
-__all__ = ["TopKSAE", "explained_variance", "load_checkpoint", "save_checkpoint"]
+__all__ = ["TopKCodes", "TopKSAE", "explained_variance", "load_checkpoint", "save_checkpoint"]
 
 _REQUIRED = ("W_enc", "W_dec", "b_enc", "b_dec")
+
+
+class TopKCodes(NamedTuple):
+    """The k active latents of each row: values (post-ReLU, may be 0) and their latent indices."""
+
+    values_BK: torch.Tensor
+    """(rows, k) activations of the selected latents."""
+    indices_BK: torch.Tensor
+    """(rows, k) int64 latent indices, in no particular order."""
+
+    def dense(self, d_sae: int) -> torch.Tensor:
+        """The codes as a dense (rows, d_sae) matrix (zeros elsewhere)."""
+        z_BM = self.values_BK.new_zeros(*self.values_BK.shape[:-1], d_sae)
+        return z_BM.scatter_(-1, self.indices_BK, self.values_BK)
 
 
 class TopKSAE(nn.Module):
@@ -63,13 +87,41 @@ class TopKSAE(nn.Module):
                     getattr(sae, name).copy_(tensors[name])
         return sae
 
+    @property
+    def d_sae(self) -> int:
+        return self.W_dec.shape[0]
+
+    def encode_topk(self, x_BD: torch.Tensor) -> TopKCodes:
+        """The k largest of ``relu((x - b_dec) @ W_enc + b_enc)`` per row, without a dense code matrix."""
+        pre_BM = x_BD @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
+        vals_BK, idx_BK = pre_BM.topk(self.k, dim=-1, sorted=False)
+        return TopKCodes(torch.relu(vals_BK), idx_BK)  # relu after top-k: the same values, one pass over k not m
+
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """Dense (rows, d_sae) codes (for analysis; training uses :meth:`encode_topk`)."""
+        return self.encode_topk(x_BD).dense(self.d_sae)
+
+    def decode(self, codes: TopKCodes) -> torch.Tensor:
+        """``x_hat = sum_k values[k] * W_dec[indices[k]] + b_dec``, touching only the k active decoder rows."""
+        vals_BK, idx_BK = codes
+        lead = vals_BK.shape[:-1]
+        xhat_BD = F.embedding_bag(idx_BK.reshape(-1, self.k), self.W_dec, mode="sum",
+                                  per_sample_weights=vals_BK.reshape(-1, self.k).to(self.W_dec.dtype))
+        return xhat_BD.reshape(*lead, -1) + self.b_dec
+
+    def forward(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, TopKCodes]:
+        """``(x_hat, codes)``; ``codes.dense(sae.d_sae)`` gives the dense code matrix if needed."""
+        codes = self.encode_topk(x_BD)
+        return self.decode(codes), codes
+
+    def forward_dense(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference formulation: ``relu`` then top-k scattered into a dense ``z``, ``x_hat = z @ W_dec + b_dec``.
+
+        Same outputs and gradients as :meth:`forward` up to float rounding, at several times the cost.
+        """
         pre_BM = torch.relu((x_BD - self.b_dec) @ self.W_enc + self.b_enc)
         vals_BK, idx_BK = pre_BM.topk(self.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre_BM).scatter_(-1, idx_BK, vals_BK)
-
-    def forward(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z_BM = self.encode(x_BD)
+        z_BM = torch.zeros_like(pre_BM).scatter_(-1, idx_BK, vals_BK)
         return z_BM @ self.W_dec + self.b_dec, z_BM
 
     @torch.no_grad()

@@ -1,4 +1,8 @@
-"""The SAE example: trains from a store, loads pre-trained weights, resumes exactly; the loader bench smoke run."""
+"""The SAE example: trains from a store, loads pre-trained weights, resumes exactly; the loader bench smoke run.
+
+The sparse forward (top-k codes, decode by index) is checked against a float64 numpy reference of the dense
+formula and against the dense torch formulation's outputs and gradients.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 import actstore
-from actstore._sae import TopKSAE
+from actstore._sae import TopKCodes, TopKSAE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two training runs compared bit for bit
 
@@ -100,3 +104,71 @@ def test_cli_and_bench_smoke(store_path: Path, tmp_path: Path) -> None:
                            capture_output=True, text=True, env=env, timeout=180)
     assert bench.returncode == 0, bench.stderr
     assert "actstore loader" in bench.stdout and out.exists()
+
+
+# ---------------------------------------------------------------------------------- sparse vs dense forward
+def _random_sae(d: int, m: int, k: int, *, bias_shift: float = 0.0, seed: int = 0) -> TopKSAE:
+    sae = TopKSAE(d, m, k, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # non-zero biases, so that b_dec's two paths (input centring and output) both matter
+        sae.W_enc.copy_(torch.randn(d, m, generator=g) / d**0.5)
+        sae.b_enc.copy_(0.1 * torch.randn(m, generator=g) + bias_shift)
+        sae.b_dec.copy_(0.5 * torch.randn(d, generator=g))
+    return sae
+
+
+def _numpy_reference(sae: TopKSAE, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x_hat and dense codes of ``TopK(relu((x - b_dec) W_enc + b_enc)) W_dec + b_dec`` in float64 numpy."""
+    w = {n: p.detach().double().numpy() for n, p in sae.named_parameters()}
+    pre = np.maximum((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"], 0.0)
+    top = np.argpartition(-pre, sae.k - 1, axis=1)[:, : sae.k]
+    z = np.zeros_like(pre)
+    np.put_along_axis(z, top, np.take_along_axis(pre, top, axis=1), axis=1)
+    return z @ w["W_dec"] + w["b_dec"], z
+
+
+@pytest.mark.parametrize("bias_shift", [0.0, -3.0])  # -3: most rows have fewer than k positive latents
+def test_sparse_forward_matches_numpy_dense_reference(bias_shift: float) -> None:
+    d, m, k = 24, 96, 6
+    sae = _random_sae(d, m, k, bias_shift=bias_shift).double()
+    x = torch.randn(50, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    xhat, codes = sae(x)
+    ref_xhat, ref_z = _numpy_reference(sae, x.numpy())
+    np.testing.assert_allclose(xhat.detach().numpy(), ref_xhat, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(codes.dense(m).detach().numpy(), ref_z, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sae.encode(x).detach().numpy(), ref_z, rtol=1e-12, atol=1e-12)
+    assert codes.values_BK.shape == codes.indices_BK.shape == (50, k) and bool((codes.values_BK >= 0).all())
+    if bias_shift:
+        assert int((ref_z > 0).sum(1).min()) < k  # the case where top-k picks some zero (negative) latents
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
+def test_sparse_gradients_match_dense(dtype: torch.dtype, tol: float) -> None:
+    d, m, k = 32, 128, 8
+    x = torch.randn(64, d, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    grads = []
+    for forward in ("forward", "forward_dense"):
+        sae = _random_sae(d, m, k).to(dtype)
+        xhat, _ = getattr(sae, forward)(x)
+        loss = (xhat - x).pow(2).mean() + xhat.abs().sum() * 1e-3
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
+        if forward == "forward":
+            sparse_out = xhat.detach()
+        else:
+            torch.testing.assert_close(sparse_out, xhat.detach(), rtol=tol, atol=tol)
+    for name, g in grads[0].items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(g, grads[1][name], rtol=tol, atol=tol * float(g.abs().max()), msg=name)
+
+
+def test_sparse_forward_batch_dims_and_codes() -> None:
+    sae = _random_sae(8, 40, 4)
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(7))
+    xhat, codes = sae(x)
+    flat, flat_codes = sae(x.reshape(15, 8))
+    assert xhat.shape == (3, 5, 8) and codes.indices_BK.shape == (3, 5, 4)
+    torch.testing.assert_close(xhat.reshape(15, 8), flat)
+    torch.testing.assert_close(codes.dense(40).reshape(15, 40), flat_codes.dense(40))
+    z = TopKCodes(torch.tensor([[2.0, 0.5]]), torch.tensor([[3, 0]])).dense(5)
+    assert z.tolist() == [[0.5, 0.0, 0.0, 2.0, 0.0]]

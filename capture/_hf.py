@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,17 +52,28 @@ def find_layer_path(model: nn.Module) -> str:
     raise SiteError(f"{type(model).__name__} has no ModuleList of layers; pass --layer-path, e.g. transformer.h.{{i}}")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
+                    "vocab.txt")
+"""Files one of which a saved tokenizer has (``save_pretrained`` writes several)."""
+
+
 def load_tokenizer(checkpoint_path: str | None) -> Any | None:
     """The tokenizer saved next to the model, or None (the offline word-hash ids are used, with a warning)."""
     if not checkpoint_path:
+        return None
+    no_tokenizer = (f"no tokenizer in {checkpoint_path!r}: prompts are tokenized by capture's offline word hash "
+                    "(ids modulo the vocabulary)")
+    local = Path(checkpoint_path)
+    if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
+        # transformers >= 5 builds an *empty* tokenizer from a bare config (every prompt -> 0 tokens): never use it
+        warnings.warn(no_tokenizer, stacklevel=2)
         return None
     try:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(checkpoint_path)
     except (OSError, ValueError, ImportError):
-        warnings.warn(f"no tokenizer in {checkpoint_path!r}: prompts are tokenized by capture's offline word hash "
-                      "(ids modulo the vocabulary)", stacklevel=2)
+        warnings.warn(no_tokenizer, stacklevel=2)
         return None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
@@ -71,6 +83,10 @@ def load_tokenizer(checkpoint_path: str | None) -> Any | None:
 def retokenize(obs: Observation, tokenizer: Any, max_len: int) -> Observation:
     """``obs`` with ``lang_tokens`` / ``lang_masks`` from ``tokenizer`` (right-padded to the longest prompt)."""
     enc = tokenizer(list(obs.prompt), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    empty = [p for p, m in zip(obs.prompt, enc["attention_mask"].sum(1).tolist(), strict=True) if m == 0]
+    if empty:
+        raise ModelSpecError(f"the tokenizer {type(tokenizer).__name__} turned the prompt {empty[0]!r} into no tokens; "
+                             "save the model's real tokenizer beside it (tokenizer.save_pretrained(DIR))")
     ids = enc["input_ids"].to(torch.long)
     mask = enc["attention_mask"].to(torch.bool)
     return dataclasses.replace(obs, lang_tokens=ids.to(obs.lang_tokens.device), lang_masks=mask.to(obs.lang_masks.device))

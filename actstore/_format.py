@@ -6,6 +6,8 @@ Everything a reader trusts is parsed here, against a schema, from plain JSON. No
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,8 +18,13 @@ import torch
 
 from ._errors import CorruptStoreError, FormatVersionError, InvalidNameError, SchemaMismatchError
 
-FORMAT_VERSION = 1
-"""Bumped on any change a version-1 reader could misread."""
+FORMAT_VERSION = 2
+"""Bumped on any change an older reader could misread. Version 2 adds the record's ``checksum``; version-1 records
+(no checksum) are still read."""
+
+CHECKSUM_FIELD = "checksum"
+"""Field of the metadata record holding ``sha256:<hex>`` of the canonical JSON of every other field."""
+_CHECKSUM_PREFIX = "sha256:"
 
 META_KEY = "actstore"
 """Name of the root attribute that holds the metadata document."""
@@ -182,9 +189,10 @@ def now_iso() -> str:
 
 
 def new_metadata(attrs: Mapping[str, Any], layout: Mapping[str, Any], library: str) -> dict[str, Any]:
-    """The metadata document of an empty store."""
+    """The metadata document of an empty store, unsealed: a valid version-1 record until :func:`seal_metadata`
+    stamps it with the current version and its checksum (what every write of the record must do)."""
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "created": now_iso(),
         "library": library,
         "attrs": dict(attrs),
@@ -194,6 +202,46 @@ def new_metadata(attrs: Mapping[str, Any], layout: Mapping[str, Any], library: s
         "samples": None,
         "commit": {"seq": 0, "time": None, "roles": {}, "conds": {}, "samples": 0, "progress": None},
     }
+
+
+# ---------------------------------------------------------------------------------------------- checksum
+
+
+def canonical_json(meta: Mapping[str, Any]) -> bytes:
+    """The bytes the checksum covers: every field but ``checksum``, keys sorted, no whitespace, ASCII only (so
+    two spellings of one value, e.g. an escaped and a raw ``é``, hash alike and any changed value does not)."""
+    rest = {k: v for k, v in meta.items() if k != CHECKSUM_FIELD}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def record_checksum(meta: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of :func:`canonical_json`."""
+    return _CHECKSUM_PREFIX + hashlib.sha256(canonical_json(meta)).hexdigest()
+
+
+def seal_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``meta`` as it is written: ``format_version`` set to :data:`FORMAT_VERSION` and ``checksum`` last."""
+    out = {k: v for k, v in meta.items() if k != CHECKSUM_FIELD}
+    out["format_version"] = FORMAT_VERSION
+    out[CHECKSUM_FIELD] = record_checksum(out)
+    return out
+
+
+def _check_checksum(meta: dict[str, Any], version: int, path: str) -> None:
+    """Version >= 2 needs a checksum; any record that carries one (a flipped version digit included) is checked."""
+    if CHECKSUM_FIELD not in meta:
+        _expect(version < 2, path, f"format_version {version} requires a {CHECKSUM_FIELD!r} field; it is missing "
+                                   "(the record was damaged or written by a foreign tool)")
+        return
+    got = meta[CHECKSUM_FIELD]
+    _expect(isinstance(got, str) and got.startswith(_CHECKSUM_PREFIX), path,
+            f"{CHECKSUM_FIELD} must be a string 'sha256:<hex>', got {got!r}")
+    try:
+        want = record_checksum(meta)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _fail(path, f"the record cannot be canonicalised for its checksum: {exc}") from None
+    _expect(got == want, path, f"checksum mismatch (stored {got}, computed {want}): the record (schema, layout or "
+                               "commit) was changed or damaged after it was written; nothing in it can be trusted")
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -213,7 +261,9 @@ def _is_count(x: object) -> bool:
 
 
 def validate_metadata(meta: object, path: str) -> dict[str, Any]:
-    """Check a parsed metadata document against the schema; return it or raise ``CorruptStoreError``."""
+    """Check a parsed metadata document against its checksum and the schema; return it without the ``checksum``
+    field (callers hold unsealed records; :func:`seal_metadata` adds it back on write) or raise
+    ``CorruptStoreError`` (``FormatVersionError`` for a newer version)."""
     _expect(isinstance(meta, dict), path, f"expected a JSON object, got {type(meta).__name__}")
     assert isinstance(meta, dict)
     version = meta.get("format_version")
@@ -280,7 +330,8 @@ def validate_metadata(meta: object, path: str) -> dict[str, Any]:
         path,
         "commit.nonfinite must map array names to counts",
     )
-    return meta
+    _check_checksum(meta, version, path)  # after the schema: a hand-edited record is told what is malformed first
+    return {k: v for k, v in meta.items() if k != CHECKSUM_FIELD}
 
 
 def _check_name_in(name: object, what: str, path: str) -> None:

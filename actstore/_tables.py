@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._backend import Backend
 from ._codec import BlockCodec, Buffer
+from ._errors import CorruptStoreError
+
+__all__ = ["ChunkJob", "Table", "count_nonfinite", "encode_block", "encode_chunk", "read_rows"]
 
 
 @dataclass
@@ -179,3 +183,20 @@ def encode_block(job: ChunkJob, table: Table, block: int) -> list[Buffer] | None
 def encode_chunk(job: ChunkJob, table: Table) -> list[list[Buffer] | None]:
     """All blocks of a job, encoded in this thread (one task per chunk keeps thread hand-offs few)."""
     return [encode_block(job, table, b) for b in range(table.n_blocks)]
+
+
+def read_rows(be: Backend, table: Table, start: int, count: int) -> np.ndarray:
+    """Rows ``[start, start + count)`` of ``table`` read back from the store (resume, rollback). Every block of
+    them must be on disk: an absent one is a :class:`CorruptStoreError`, never zeros."""
+    br = table.block_rows
+    out = np.empty((count, table.width), dtype=table.dtype)
+    block = np.empty((br, table.width), dtype=table.dtype)
+    for b in range(start // br, -(-(start + count) // br)):
+        where = f"block {b} of {table.key} in {be.path}"
+        blob = be.read_block(table.key, b, table.n_blocks)
+        if blob is None:
+            raise CorruptStoreError(f"{where} is absent although committed rows lie in it")
+        table.codec.decode(blob, block, where=where)
+        lo, hi = max(start, b * br), min(start + count, (b + 1) * br)
+        out[lo - start : hi - start] = block[lo - b * br : hi - b * br]
+    return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
-import dataclasses
 import json
 import os
 import threading
@@ -26,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from ._backend import Backend, create_backend, detect_backend, open_backend, store_exists
+from ._backend import Backend
 from ._codec import BlockCodec
-from ._config import ConfigError, StoreConfig
+from ._config import StoreConfig
+from ._create import create
 from ._errors import SchemaMismatchError, WriterClosedError, WriterFailedError
 from ._format import (
     COND_COLUMNS,
@@ -41,13 +40,11 @@ from ._format import (
     committed_rows,
     cond_acts_key,
     cond_rows_key,
-    new_metadata,
     now_iso,
     rows_key,
     schema_arrays,
-    validate_metadata,
+    seal_metadata,
 )
-from ._parts import ensure_root, parse_part, part_path
 from ._queue import ByteQueue
 from ._schema import (
     as_index_column,
@@ -58,74 +55,11 @@ from ._schema import (
     pad_to,
     row_matrix,
 )
-from ._tables import ChunkJob, Table, count_nonfinite, encode_chunk
+from ._tables import ChunkJob, Table, count_nonfinite, encode_chunk, read_rows
 
 __all__ = ["StoreWriter", "create"]
 
 Done = Callable[[], None] | None
-
-
-def create(
-    path: str | os.PathLike[str],
-    attrs: Mapping[str, Any] | None = None,
-    *,
-    config: StoreConfig | None = None,
-    backend: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    storage_options: dict[str, Any] | None = None,
-    part: str | tuple[int, int] | None = None,
-    **overrides: Any,
-) -> StoreWriter:
-    """Open a writer on a new store, or (``resume=True``) append after an existing store's committed rows.
-
-    ``backend`` is ``"zarr"`` or ``"hdf5"`` (default: from the suffix, ``.h5`` means HDF5). Keyword ``overrides``
-    replace fields of ``config`` (``codec="zstd"``, ``chunk_rows=8192``, ...). ``path`` may be a URL
-    (``s3://bucket/run.zarr``); ``storage_options`` go to fsspec (endpoint, credentials). ``part="i/N"`` (or
-    ``(i, N)``) writes part ``i`` of a store that ``N`` processes write at once (Zarr only; see ``_parts``).
-    """
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(StoreConfig)})
-    if unknown:  # a typo is a ConfigError naming the choices, as for store.loader(...), not a bare TypeError
-        raise ConfigError(f"unknown store option {unknown[0]!r}; valid options are "
-                          f"{[f.name for f in dataclasses.fields(StoreConfig)]} and attrs, config, backend, resume, "
-                          "overwrite, storage_options, part")
-    cfg = dataclasses.replace(config or StoreConfig(), **overrides) if overrides else (config or StoreConfig())
-    kind = backend or detect_backend(path)
-    if kind not in ("zarr", "hdf5"):
-        raise SchemaMismatchError(f"unknown backend {kind!r}; valid backends are ['zarr', 'hdf5']")
-    attrs = dict(attrs or {})
-    try:
-        json.dumps(attrs)
-    except (TypeError, ValueError) as exc:
-        raise SchemaMismatchError(f"attrs must be JSON-serialisable: {exc}") from None
-    if part is not None:
-        i, n = parse_part(part)
-        if kind != "zarr":
-            raise SchemaMismatchError(f"parts need the zarr backend (one HDF5 file has one writer), got {kind!r}")
-        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
-        ensure_root(str(path), n, attrs, layout, f"actstore {__version__}", storage_options)
-        path = part_path(path, i)
-    if resume and store_exists(path, kind, storage_options):
-        be = open_backend(path, kind, writable=True, storage_options=storage_options)
-        try:
-            be.lock()
-            meta = validate_metadata(be.read_meta(), str(path))
-        except BaseException:
-            be.close()
-            raise
-        if attrs:
-            meta["attrs"] = {**meta["attrs"], **attrs}
-        return StoreWriter(be, meta, cfg, resumed=True)
-    be = create_backend(path, kind, overwrite=overwrite, storage_options=storage_options)
-    try:
-        be.lock()
-        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
-        meta = new_metadata(attrs, layout, f"actstore {__version__}")
-        be.write_meta(meta, durable=cfg.durable)
-    except BaseException:
-        be.close()
-        raise
-    return StoreWriter(be, meta, cfg, resumed=False)
 
 
 _OPEN: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
@@ -533,7 +467,7 @@ class StoreWriter:
                 table.buf, table.encoded = None, []
                 table.n_rows = target
                 if fill:
-                    table.load_partial(self._read_rows(table, target - fill, fill))
+                    table.load_partial(read_rows(self._be, table, target - fill, fill))
 
     def _drain(self) -> None:
         while self._inflight:
@@ -572,7 +506,7 @@ class StoreWriter:
             "progress": mark["progress"],
             "nonfinite": {k: t.nonfinite for k, t in self._tables.items() if t.logical and t.nonfinite},
         }
-        self._be.write_meta(self._meta, durable=self.config.durable)
+        self._be.write_meta(seal_metadata(self._meta), durable=self.config.durable)
         self._pending_mark = None
         self._last_commit = time.monotonic()
 
@@ -584,27 +518,12 @@ class StoreWriter:
             table.n_rows = n
             fill = n % self._chunk_rows
             if fill:
-                table.load_partial(self._read_rows(table, n - fill, fill))
+                table.load_partial(read_rows(self._be, table, n - fill, fill))
             self._tables[a.key] = table
         samples = self._meta["samples"]
         if samples is not None and commit["samples"]:
-            ids = self._read_rows(self._tables[SAMPLE_KEYS["table"]], 0, int(commit["samples"]))[:, 0]
+            ids = read_rows(self._be, self._tables[SAMPLE_KEYS["table"]], 0, int(commit["samples"]))[:, 0]
             self._sample_ids.update(int(s) for s in ids)
-
-    def _read_rows(self, table: Table, start: int, count: int) -> np.ndarray:
-        out = np.empty((count, table.width), dtype=table.dtype)
-        block = np.empty((self._block_rows, table.width), dtype=table.dtype)
-        per_chunk = table.n_blocks
-        for b in range(start // self._block_rows, -(-(start + count) // self._block_rows)):
-            blob = self._be.read_block(table.key, b, per_chunk)
-            if blob is None:
-                block[:] = 0
-            else:
-                table.codec.decode(blob, block, where=f"block {b} of {table.key}")
-            lo = max(start, b * self._block_rows)
-            hi = min(start + count, (b + 1) * self._block_rows)
-            out[lo - start : hi - start] = block[lo - b * self._block_rows : hi - b * self._block_rows]
-        return out
 
 
 def _counts_of(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from actstore._format import (
     dtype_name,
     from_storage,
     new_metadata,
+    record_checksum,
     schema_arrays,
+    seal_metadata,
     to_storage,
     validate_metadata,
 )
@@ -56,8 +58,54 @@ def _meta() -> dict[str, Any]:
 
 def test_valid_metadata_passes() -> None:
     m = _meta()
+    assert m["format_version"] == 1  # unsealed: a version-1 record (no checksum), still read
     assert validate_metadata(copy.deepcopy(m), "x") == m
-    assert m["format_version"] == FORMAT_VERSION
+    sealed = seal_metadata(m)
+    assert sealed["format_version"] == FORMAT_VERSION == 2 and sealed["checksum"].startswith("sha256:")
+    assert validate_metadata(copy.deepcopy(sealed), "x") == {**m, "format_version": FORMAT_VERSION}
+    assert "checksum" not in m  # sealing copies
+
+
+def test_checksum_covers_every_field_and_ignores_key_order() -> None:
+    sealed = seal_metadata(_meta())
+    reordered = dict(reversed(list(sealed.items())))
+    assert validate_metadata(reordered, "x")["commit"] == sealed["commit"]
+    assert record_checksum(sealed) == sealed["checksum"]
+    for mutate in (lambda m: m["commit"]["roles"].update(decision=11), lambda m: m["attrs"].update(a=2),
+                   lambda m: m["layout"].update(chunk_rows=32), lambda m: m.update(created="x"),
+                   lambda m: m.pop("checksum"), lambda m: m.update(format_version=1),
+                   lambda m: m.update(checksum="sha256:" + "0" * 64), lambda m: m.update(checksum=5),
+                   lambda m: m["roles"]["decision"]["layers"][0].update(d=9)):
+        m = copy.deepcopy(sealed)
+        mutate(m)
+        with pytest.raises(CorruptStoreError, match="checksum"):
+            validate_metadata(m, "run.zarr")
+
+
+def test_every_bit_flip_of_a_sealed_record_is_refused_or_harmless() -> None:
+    """Flip each bit of the serialised record (as the root zarr.json holds it): every flip is refused with a typed
+    error or parses to the very same record."""
+    import json
+
+    from actstore import ActStoreError
+
+    sealed = seal_metadata(_meta())
+    raw = bytearray(json.dumps(sealed, indent=1).encode())
+    same = refused = 0
+    for i in range(len(raw)):
+        for bit in range(8):
+            raw[i] ^= 1 << bit
+            try:
+                doc = json.loads(bytes(raw))
+                got = validate_metadata(doc, "x")
+            except (ActStoreError, ValueError) as exc:
+                assert isinstance(exc, (ActStoreError, json.JSONDecodeError)) or "utf-8" in str(exc)
+                refused += 1
+            else:
+                assert got == validate_metadata(copy.deepcopy(sealed), "x"), (i, bit, bytes(raw[i - 20 : i + 20]))
+                same += 1
+            raw[i] ^= 1 << bit
+    assert refused > 0.9 * 8 * len(raw)
 
 
 @pytest.mark.parametrize(

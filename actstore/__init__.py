@@ -30,6 +30,8 @@ from ._errors import (
 if TYPE_CHECKING:
     from ._config import CODECS, ConfigError, StoreConfig
     from ._export import convert, export
+    from ._features import FeatureSet, TopExamples
+    from ._features_pass import FeaturePassConfig, feature_pass
     from ._format import FORMAT_VERSION, NO_STEP
     from ._info import summarize
     from ._loader import ActDataset, ActLoader
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from ._verify import VerifyReport, verify
     from ._view import ActView
     from ._writer import StoreWriter, create
+    from .dashboard import DashboardConfig, write_dashboard
 
 _LAZY: dict[str, tuple[str, str]] = {
     "CODECS": ("._config", "CODECS"),
@@ -59,6 +62,12 @@ _LAZY: dict[str, tuple[str, str]] = {
     "export": ("._export", "export"),
     "convert": ("._export", "convert"),
     "summarize": ("._info", "summarize"),
+    "FeatureSet": ("._features", "FeatureSet"),
+    "TopExamples": ("._features", "TopExamples"),
+    "FeaturePassConfig": ("._features_pass", "FeaturePassConfig"),
+    "feature_pass": ("._features_pass", "feature_pass"),
+    "DashboardConfig": (".dashboard", "DashboardConfig"),
+    "write_dashboard": (".dashboard", "write_dashboard"),
 }
 """Public name -> (private module, attribute), imported on first access (PEP 562)."""
 
@@ -86,6 +95,9 @@ __all__ = [
     "ActStoreError",
     "ActView",
     "ConfigError",
+    "DashboardConfig",
+    "FeaturePassConfig",
+    "FeatureSet",
     "CorruptStoreError",
     "FormatVersionError",
     "InvalidNameError",
@@ -98,6 +110,7 @@ __all__ = [
     "StoreIndexError",
     "StoreLockedError",
     "StoreWriter",
+    "TopExamples",
     "UnknownKeyError",
     "VerifyReport",
     "WriterClosedError",
@@ -106,7 +119,9 @@ __all__ = [
     "convert",
     "create",
     "export",
+    "feature_pass",
     "open",
     "summarize",
     "verify",
+    "write_dashboard",
 ]

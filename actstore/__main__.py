@@ -190,6 +190,38 @@ class Features:
     """Show a progress bar."""
 
 
+@dataclass(frozen=True)
+class Dashboard:
+    """Write a static site (open index.html; no server) of a feature group: a searchable feature list and per
+    feature its histogram, density by step and by task, top examples and, with a model, the velocity it writes."""
+
+    path: Annotated[str, Pos]
+    """Store holding the feature group."""
+    features: str
+    """Name of the feature group (actstore features --name)."""
+    out: str | None = None
+    """Folder to write (default: <store>.<features>.site next to the store)."""
+    top: int = 16
+    """Top examples per feature page."""
+    max_features: int = 1000
+    """Pages for at most this many features, the most often firing first."""
+    lens: bool = False
+    """Read each feature's decoder direction through the velocity lens with the store's recorded model (decision
+    role); implied by --model / --checkpoint-path / --model-factory."""
+    model: Literal["reference", "transformers-pi0", "openpi", "lerobot", "factory"] | None = None
+    """Model for the velocity lens (default: the one recorded in the store's attrs)."""
+    checkpoint_path: str | None = None
+    """Weights of that model (default: the store's recorded checkpoint_path)."""
+    model_factory: str | None = None
+    """module:function returning the model (implies --model factory)."""
+    tokenizer: Literal["auto", "words", "ids"] = "auto"
+    """Prompt tokens as words (capture's synthetic tokenizer), as ids, or auto (words for synthetic captures)."""
+    overwrite: bool = False
+    """Replace a dashboard written before."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
 def _layer(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
@@ -236,7 +268,7 @@ def export(cmd: Export) -> int:
     return 0
 
 
-def _load_model(cmd: Lens, attrs: dict) -> object:
+def _load_model(cmd: Lens | Dashboard, attrs: dict) -> object:
     """The model named on the command line, else the one the store's attrs record (capture's ``attrs["model"]``)."""
     from capture import ModelSpec, load_model
 
@@ -345,6 +377,22 @@ def features(cmd: Features) -> int:
     return 0
 
 
+def dashboard(cmd: Dashboard) -> int:
+    from ._reader import ActStore
+    from .dashboard import DashboardConfig, write_dashboard
+
+    cfg = DashboardConfig(top=cmd.top, max_features=cmd.max_features, tokenizer=cmd.tokenizer)
+    src = Path(cmd.path.rstrip("/"))
+    out = cmd.out or str(src.with_name(f"{src.name}.{cmd.features}.site"))
+    with ActStore.open(cmd.path) as store:
+        fs = store.features(cmd.features)
+        use_lens = cmd.lens or cmd.model is not None or cmd.checkpoint_path is not None or cmd.model_factory
+        model = _load_model(cmd, store.attrs) if use_lens else None
+        index = write_dashboard(fs, out, cfg, model=model, overwrite=cmd.overwrite, progress=cmd.progress)
+    print(index)
+    return 0
+
+
 SUBCOMMANDS: dict[str, tuple[type, Callable[[Any], int]]] = {
     "info": (Info, info),
     "plot": (Plot, plot),
@@ -353,6 +401,7 @@ SUBCOMMANDS: dict[str, tuple[type, Callable[[Any], int]]] = {
     "verify": (Verify, verify),
     "shuffle": (Shuffle, shuffle),
     "features": (Features, features),
+    "dashboard": (Dashboard, dashboard),
 }
 """Subcommand name -> (its frozen dataclass of options, the function that runs it and returns the exit status)."""
 

@@ -178,6 +178,7 @@ class FeatureSet:
             warnings.warn(f"feature group {name!r} covers {self.n_rows} rows of role {self.role!r}; the store now "
                           f"holds {now}: rerun the feature pass to include the new rows", stacklevel=2)
         self._sae: Any = None
+        self._offsets: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------------------------------ catalog
     @property
@@ -249,6 +250,29 @@ class FeatureSet:
         where = _positions(table["sample"], sample)
         return [table["prompt"][int(i)] if i >= 0 else "" for i in where]
 
+    def prompt_index(self, sample: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Where rows of the instruction role sit in their sample's prompt (a column of ``samples()['prompt_ids']``):
+        ``position`` counts tokens of the sequence the layer sees (camera tokens first), so the sample's first
+        prompt position (its smallest instruction ``position``, less the first set index of its instruction mask) is
+        subtracted. -1 where the row is not in a known sample."""
+        if self._offsets is None:
+            table, samples = self.store.rows(self.role), self.store.samples()
+            ids = np.asarray(samples["sample"])
+            first = np.full(len(ids), -1, dtype=np.int64)
+            where = _positions(ids, table["sample"])
+            ok = where >= 0
+            big = np.iinfo(np.int64).max
+            lo = np.full(len(ids), big, dtype=np.int64)
+            np.minimum.at(lo, where[ok], table["position"][ok])
+            mask = samples.get("instruction_mask")
+            lead = np.asarray(mask).argmax(1) if mask is not None and len(ids) else np.zeros(len(ids), np.int64)
+            first = np.where(lo < big, lo - lead, -1)
+            self._offsets = (ids, first)
+        ids, first = self._offsets
+        where = _positions(ids, np.asarray(sample))
+        off = np.where(where >= 0, first[np.maximum(where, 0)], -1)
+        return np.where(off >= 0, np.asarray(position) - off, -1)
+
     def _tokens(self, sample: np.ndarray, pos: np.ndarray, tokenizer: Any) -> list[str]:
         if self.role != "instruction":
             return [f"action t={int(p)}" for p in pos]
@@ -258,8 +282,8 @@ class FeatureSet:
             return [f"token {int(p)}" for p in pos]
         where = _positions(table["sample"], sample)
         out = []
-        for i, p in zip(where, pos, strict=True):
-            tid = int(ids[i, p]) if i >= 0 and p < ids.shape[1] else -1
+        for i, j in zip(where, self.prompt_index(sample, pos), strict=True):
+            tid = int(ids[i, j]) if i >= 0 and 0 <= j < ids.shape[1] else -1
             out.append(_decode(tokenizer, tid) if tokenizer is not None else f"id {tid}")
         return out
 

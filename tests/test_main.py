@@ -75,6 +75,9 @@ def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["features", "{store}", "--sae", "{sae}", "--layer", "6"], "--k"),
         (["features", "{store}", "--sae", "{sae}", "--layer", "6", "--kind", "topk"], "--k"),
         (["features", "{store}", "--sae", "{sae}", "--layer", "6", "--k", "3", "--name", "../x"], "'../x'"),
+        (["dashboard", "{store}"], "--features"),
+        (["dashboard", "{store}", "--features", "f", "--top", "0"], "top"),
+        (["dashboard", "{store}", "--features", "f", "--tokenizer", "bpe"], "'bpe'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
@@ -107,6 +110,8 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
         (["features", "{store}", "--sae", "{missing}", "--layer", "6", "--k", "3"], "no sae file"),
         (["features", "{store}", "--sae", "{sae}", "--layer", "7", "--k", "3"], "no layer 7"),
         (["features", "{store}", "--sae", "{wide}", "--layer", "6", "--k", "3"], "d_in 33"),
+        (["dashboard", "{store}", "--features", "nope"], "groups are"),
+        (["dashboard", "{missing}", "--features", "nope"], "no store"),
     ],
 )
 def test_failures_exit_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
@@ -187,6 +192,22 @@ def test_features_and_shuffle_through_main(tmp_path: Path, capsys: pytest.Captur
             np.testing.assert_array_equal(ra[col], rb[col][perm])
     assert main(["shuffle", str(store), "--no-progress"]) == 0
     assert (tmp_path / "run.shuffled.zarr").is_dir()
+    capsys.readouterr()
+
+    site = tmp_path / "site"
+    assert main(["dashboard", str(store), "--features", "sae6", "--out", str(site), "--top", "5", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == str(site / "index.html")
+    with actstore.ActStore.open(store) as s:
+        best = int(np.argmax(s.features("sae6").array("count")))
+        rows = s.features("sae6").top(best, 5).row
+    page = (site / "f" / f"{best}.html").read_text()
+    assert [int(r) for r in re.findall(r'data-row="(\d+)"', page)] == rows.tolist()
+    assert main(["dashboard", str(store), "--features", "sae6", "--out", str(site), "--no-progress"]) == 1
+    assert "--overwrite" in _err_line(capsys)
+    assert main(["dashboard", str(store), "--features", "sae6", "--out", str(site), "--overwrite",
+                 "--no-progress"]) == 0
+    assert main(["dashboard", str(store), "--features", "sae6", "--no-progress"]) == 0
+    assert (tmp_path / "run.zarr.sae6.site" / "index.html").is_file()
 
 
 def test_verify_problems_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,7 +231,7 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("info", "plot", "export", "lens", "verify", "shuffle", "features"):
+    for name in ("info", "plot", "export", "lens", "verify", "shuffle", "features", "dashboard"):
         assert name in out
 
 

@@ -8,9 +8,9 @@ The files stay ordinary Zarr v3 / HDF5 that other tools read.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -24,12 +24,16 @@ import numpy as np
 from ._codec import BlockCodec, crc32c, index_size, parse_index, shard_parts, split_shard
 from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError, StoreLockedError
 from ._format import META_KEY
+from ._lock import FileLock, lock_error
 
-__all__ = ["BACKENDS", "Backend", "FileLock", "ZarrDirBackend", "create_backend", "detect_backend", "open_backend"]
+__all__ = ["BACKENDS", "LOCK_NAME", "ROOT_WAIT", "Backend", "FileLock", "ZarrDirBackend", "create_backend", "detect_backend", "open_backend"]
 
 BACKENDS = ("zarr", "hdf5")
 _H5_SUFFIXES = (".h5", ".hdf5")
 _MAX_META_BYTES = 64 << 20
+LOCK_NAME = ".actstore.lock"
+ROOT_WAIT = 10.0
+"""Seconds a part writer waits for another part that is creating the store root (a brief exclusive hold)."""
 
 
 def detect_backend(path: str | os.PathLike[str]) -> str:
@@ -83,25 +87,6 @@ class Backend(ABC):
     def stored_bytes(self) -> int:
         """Bytes the store occupies."""
         return 0
-
-
-class FileLock:
-    """An exclusive, non-blocking ``flock`` held for a writer's lifetime (released by the OS if it dies)."""
-
-    def __init__(self, lock_path: str | os.PathLike[str], store: str) -> None:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLockedError(f"{store} is already open for writing by another writer (lock held)") from None
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 # ---------------------------------------------------------------------------------------------------- zarr
@@ -269,29 +254,69 @@ class ZarrDirBackend(ZarrBackend):
         super().__init__(str(path))
         self.root = Path(path)
         self._lock: FileLock | None = None
+        self._root_lock: FileLock | None = None
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, overwrite: bool) -> ZarrDirBackend:
+        """A new, empty store directory, returned locked. The lock is taken before anything in the directory is
+        removed, and what is there is judged again under it: a writer that lost a race sees the winner's lock
+        (``StoreLockedError``), never a directory it may delete. The directory itself is never removed (its lock
+        file lives in it); ``overwrite`` empties it."""
         root = Path(path)
-        if _interrupted_create(root):  # a create() killed before its first zarr.json: nothing to keep
-            shutil.rmtree(root)
-        if root.exists():
-            if not overwrite:
-                raise StoreExistsError(f"{root} already exists; pass resume=True to append or overwrite=True to replace it")
-            if (root / "zarr.json").exists() or (root.is_dir() and not any(root.iterdir())):
-                shutil.rmtree(root)
-            else:
+        _refuse_foreign(root)  # before anything is created: a plain file or someone else's directory stays as it is
+        be = cls(root)
+        for _ in range(3):
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # a file (or a dangling link) appeared at the path
+                raise StoreExistsError(f"{root} exists and is not a directory; refusing to replace it") from None
+            except OSError as exc:
+                raise lock_error(exc, str(root), "create the store directory") from None
+            try:
+                be.lock()
+                break
+            except NotAStoreError:  # the directory was removed between mkdir and the lock: make it again
+                continue
+        else:
+            raise StoreLockedError(f"{root} keeps disappearing while it is created; another process is removing it")
+        try:
+            if (root / "zarr.json").exists():  # a store, maybe made by a writer that won a race and closed since
+                if not overwrite:
+                    raise StoreExistsError(
+                        f"{root} already exists; pass resume=True to append or overwrite=True to replace it"
+                    )
+            elif not _interrupted_create(root):
                 raise StoreExistsError(f"{root} exists and is not an actstore store; refusing to delete it")
-        root.mkdir(parents=True)
-        return cls(root)
+            _empty_dir(root)
+        except BaseException:
+            be.close()
+            raise
+        return be
 
     def lock(self) -> None:
-        self._lock = FileLock(self.root / ".actstore.lock", self.path)
+        """Take the writer lock (idempotent). A part of a multi-part store also holds the store root's lock shared,
+        so a single-store writer (``overwrite``) cannot empty the root while a part is written."""
+        if self._lock is not None:
+            return
+        store_root = _part_root(self.root)
+        root_lock = None
+        if store_root is not None:
+            root_lock = FileLock(store_root / LOCK_NAME, str(store_root), shared=True, wait=ROOT_WAIT)
+        try:
+            self._lock = FileLock(self.root / LOCK_NAME, self.path)
+        except BaseException:
+            if root_lock is not None:
+                root_lock.release()
+            raise
+        self._root_lock = root_lock
 
     def close(self) -> None:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if self._root_lock is not None:
+            self._root_lock.release()
+            self._root_lock = None
 
     def _get(self, rel: str) -> bytes | None:
         try:
@@ -484,7 +509,40 @@ def _interrupted_create(root: Path) -> bool:
     """A directory holding only what a killed ``create()`` leaves: the lock file and temp files, no zarr.json."""
     if not root.is_dir() or (root / "zarr.json").exists():
         return False
-    return all(p.name == ".actstore.lock" or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in root.iterdir())
+    return all(p.name == LOCK_NAME or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in root.iterdir())
+
+
+def _refuse_foreign(root: Path) -> None:
+    """``StoreExistsError`` when ``root`` is something ``create`` must not touch: a file, a link, or a directory
+    that is neither empty, nor a store, nor what a killed ``create()`` leaves."""
+    try:
+        if root.is_symlink() or (root.exists() and not root.is_dir()):
+            raise StoreExistsError(f"{root} exists and is not a directory; refusing to replace it")
+        if root.is_dir() and not (root / "zarr.json").exists() and not _interrupted_create(root):
+            raise StoreExistsError(f"{root} exists and is not an actstore store; refusing to delete it")
+    except StoreExistsError:
+        raise
+    except OSError as exc:
+        raise lock_error(exc, str(root), "inspect") from None
+
+
+def _empty_dir(root: Path) -> None:
+    """Remove everything in ``root`` but its lock file (which the caller holds)."""
+    for child in root.iterdir():
+        if child.name == LOCK_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _part_root(root: Path) -> Path | None:
+    """The store root when ``root`` is a part directory ``{store}/parts/NNNNN`` of a multi-part store."""
+    store = root.parent.parent
+    if root.parent.name == "parts" and re.fullmatch(r"\d{5}", root.name) and (store / "zarr.json").is_file():
+        return store
+    return None
 
 
 def _local(path: str | os.PathLike[str]) -> str:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from ._backend import Backend, ZarrDirBackend, open_backend
-from ._errors import CorruptStoreError, SchemaMismatchError
+from . import _backend
+from ._backend import LOCK_NAME, Backend, ZarrDirBackend, open_backend
+from ._errors import CorruptStoreError, SchemaMismatchError, StoreExistsError, StoreLockedError
 from ._format import new_metadata, validate_metadata
+from ._lock import FileLock, lock_error
 
 __all__ = ["ensure_root", "merge_metadata", "parse_part", "part_path"]
 
@@ -39,38 +42,70 @@ def part_path(root: str | os.PathLike[str], i: int) -> str:
     return f"{str(root).rstrip('/')}/parts/{i:05d}"
 
 
-def _root_backend(root: str, storage_options: dict[str, Any] | None) -> Backend:
-    from ._remote import ZarrRemoteBackend, is_url
-
-    if is_url(root):
-        return ZarrRemoteBackend(root, storage_options=storage_options, read_only=False)
-    Path(root).mkdir(parents=True, exist_ok=True)
-    return ZarrDirBackend(root)
-
-
 def ensure_root(
     root: str, n: int, attrs: dict[str, Any], layout: dict[str, Any], library: str,
     storage_options: dict[str, Any] | None,
 ) -> None:
-    """Create the root of an ``n``-part store, or check that the existing root agrees."""
-    be = _root_backend(root, storage_options)
-    try:
+    """Create the root of an ``n``-part store, or check that the existing root agrees.
+
+    Locally the root's lock file decides: the root is read under the lock held shared (as every part's writer
+    holds it for its lifetime, see ``ZarrDirBackend.lock``) and written only under it held exclusively, so parts
+    starting together write it once, and a single-store writer of the same path (which holds it exclusively)
+    makes this a ``StoreLockedError`` instead of a mix of both layouts."""
+    from ._remote import ZarrRemoteBackend, is_url
+
+    if is_url(root):  # object stores have no locks: racing parts write the same document, the last one wins
+        be: Backend = ZarrRemoteBackend(root, storage_options=storage_options, read_only=False)
         try:
-            meta = validate_metadata(be.read_meta(), root)
-        except FileNotFoundError:
-            meta = None
-        if meta is None:
-            meta = new_metadata(attrs, layout, library)
-            meta["parts"] = n
-            be.write_meta(meta, durable=False)  # racing parts write the same document; the last one wins
-        elif meta.get("parts") != n:
-            have = meta.get("parts")
-            raise SchemaMismatchError(
-                f"{root} is " + ("a single-part store" if have is None else f"a store of {have} parts")
-                + f"; cannot write part of {n}"
-            )
-    finally:
-        be.close()
+            _ensure_meta(be, root, n, attrs, layout, library, write=True)
+        finally:
+            be.close()
+        return
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StoreExistsError(f"{root} exists and is not a directory; cannot write parts into it") from None
+    except OSError as exc:
+        raise lock_error(exc, root, "create the store directory") from None
+    be = ZarrDirBackend(root)
+    deadline = time.monotonic() + _backend.ROOT_WAIT
+    while True:
+        for shared in (True, False):
+            try:
+                lock = FileLock(Path(root) / LOCK_NAME, root, shared=shared)
+            except StoreLockedError:
+                continue
+            try:
+                if _ensure_meta(be, root, n, attrs, layout, library, write=not shared):
+                    return
+            finally:
+                lock.release()
+        if time.monotonic() > deadline:
+            raise StoreLockedError(f"{root} is open for writing as a single store (lock held); cannot add a part")
+        time.sleep(0.005)
+
+
+def _ensure_meta(
+    be: Backend, root: str, n: int, attrs: dict[str, Any], layout: dict[str, Any], library: str, *, write: bool
+) -> bool:
+    """Check the root's metadata declares ``n`` parts; absent, write it (if ``write``). False: absent, not written."""
+    try:
+        meta = validate_metadata(be.read_meta(), root)
+    except FileNotFoundError:
+        meta = None
+    if meta is None:
+        if not write:
+            return False
+        meta = new_metadata(attrs, layout, library)
+        meta["parts"] = n
+        be.write_meta(meta, durable=False)
+    elif meta.get("parts") != n:
+        have = meta.get("parts")
+        raise SchemaMismatchError(
+            f"{root} is " + ("a single-part store" if have is None else f"a store of {have} parts")
+            + f"; cannot write part of {n}"
+        )
+    return True
 
 
 def open_parts(root: str, n: int, storage_options: dict[str, Any] | None) -> list[tuple[Backend, dict[str, Any]]]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 import actstore
-from actstore import ActStore, SchemaMismatchError
+from actstore import ActStore, SchemaMismatchError, _backend
 from actstore._parts import parse_part
 
 _WRITER = """
@@ -87,3 +90,64 @@ def test_loader_over_parts_reads_every_row_once(tmp_path: Path) -> None:
         idx = np.searchsorted(store.rows("r")["sample"], rows["sample"].numpy())
         assert torch.equal(batch, ref[idx])
     assert sorted(torch.cat(seen).tolist()) == sorted(store.rows("r")["sample"].tolist())
+
+
+def _part_racer(i: int, n: int, path: Path, start: Any, out: int) -> None:
+    """A forked part writer released with the others at one instant; writes 12 rows naming it, reports."""
+    result = "?"
+    try:
+        start.wait(20)
+        with actstore.create(path, part=(i, n), chunk_rows=16, block_rows=4) as w:
+            w.append("r", rows={"sample": 100 * i + np.arange(12), "step": np.zeros(12, int),
+                                "position": np.zeros(12, int)}, acts={0: np.full((12, 2), i, np.float32)})
+        result = "ok"
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        result = f"{type(exc).__name__}: {exc}"
+    finally:
+        os.write(out, f"{i} {result}\n".encode())
+        os._exit(0)
+
+
+@pytest.mark.timeout(120)
+def test_parts_starting_at_one_instant_all_write(tmp_path: Path) -> None:
+    """Parts forked at one instant on a new path: the root is created once under its lock, every part writes,
+    the store reads as the parts in order; no lock file is left behind."""
+    ctx = multiprocessing.get_context("fork")
+    n = 3
+    for t in range(25):
+        path = tmp_path / f"{t}.zarr"
+        start = ctx.Barrier(n)
+        r, w = os.pipe()
+        pids = []
+        for i in range(n):
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                _part_racer(i, n, path, start, w)
+            pids.append(pid)
+        os.close(w)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        with os.fdopen(r) as f:
+            results = dict(line.split(" ", 1) for line in f.read().splitlines())
+        assert set(results.values()) == {"ok"}, (t, results)
+        with ActStore.open(path) as store:
+            np.testing.assert_array_equal(store.rows("r")["sample"], np.concatenate([100 * i + np.arange(12) for i in range(n)]))
+            np.testing.assert_array_equal(store[0, "r"][:].numpy(), np.repeat(np.arange(n, dtype=np.float32), 12)[:, None].repeat(2, 1))
+        assert not list(path.rglob(".actstore.lock"))
+
+
+def test_single_writer_and_parts_exclude_each_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part writer holds the root's lock shared: overwriting the store as a single store is refused while it is
+    open (and deletes nothing); a single-store writer holds it exclusively: a part is refused."""
+    monkeypatch.setattr(_backend, "ROOT_WAIT", 0.2)
+    path = tmp_path / "p.zarr"
+    part = actstore.create(path, part=(0, 2))
+    with pytest.raises(actstore.StoreLockedError):
+        actstore.create(path, overwrite=True)
+    assert (path / "parts" / "00000" / "zarr.json").exists()
+    part.close()
+    single = actstore.create(tmp_path / "s.zarr")
+    with pytest.raises(actstore.StoreLockedError):
+        actstore.create(tmp_path / "s.zarr", part=(1, 2))
+    single.close()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         full,
         instruction,
     )
+    from ._steer import SteerLog, SteerResult, SteerSpec, steer_actions, steering
     from ._synthetic import (
         LIBERO_TASKS,
         Observation,
@@ -44,6 +45,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("Recorder", "RecorderConfig"), "._recorder"),
     **dict.fromkeys(("AdaRMSNorm", "ReferenceConfig", "ReferencePi05"), "._reference"),
     **dict.fromkeys(("capture_run", "run"), "._run"),
+    **dict.fromkeys(("SteerLog", "SteerResult", "SteerSpec", "steer_actions", "steering"), "._steer"),
     **dict.fromkeys(("NO_STEP", "SELECTORS", "BatchContext", "RoleSpec", "Selection", "Site", "decision", "full",
                      "instruction"), "._sites"),
     **dict.fromkeys(("LIBERO_TASKS", "Observation", "SyntheticConfig", "make_batch", "synthetic_batches",
@@ -73,6 +75,7 @@ __all__ = [
     "ModelAdapter", "ModelConfig", "ModelSpec", "ModelSpecError", "Observation", "OutputConfig", "Recorder",
     "RecorderConfig", "ReferenceConfig", "ReferencePi05", "RoleSpec", "RunConfig", "Selection", "Site", "SiteError",
     "SyntheticConfig",
+    "SteerLog", "SteerResult", "SteerSpec", "steer_actions", "steering",
     "adapter_for", "capture_run", "decision", "full", "instruction", "load_model", "make_batch", "run",
     "synthetic_batches", "tokenize",
 ]

@@ -12,6 +12,7 @@ import numpy as np
 
 from ._backend import Backend
 from ._codec import BlockCodec
+from ._errors import CorruptStoreError
 
 __all__ = ["ArrayReader", "BlockCache", "decode_pool"]
 
@@ -106,10 +107,12 @@ class ArrayReader:
         return f"block {block} (chunk {block // self.per_chunk}) of {self.key} in {self.backend.path}"
 
     def _decode(self, blob: bytes | memoryview | None, block: int, out: np.ndarray) -> None:
+        """Every block a reader decodes holds committed rows: one its chunk's index calls absent is corruption (the
+        writer writes each block before the commit that covers it), not zeros."""
         if blob is None:
-            out[...] = 0
-        else:
-            self.codec.decode(blob, out, where=self._where(block))
+            raise CorruptStoreError(f"{self._where(block)} is absent from its chunk's index although committed rows "
+                                    f"(up to row {self.n_rows}) lie in it")
+        self.codec.decode(blob, out, where=self._where(block))
 
     def _fetch_block(self, block: int, out: np.ndarray) -> None:
         self._decode(self.backend.read_block(self.key, block, self.per_chunk), block, out)

@@ -62,21 +62,25 @@ class BlockCodec:
         return b"".join(self.encode_parts(block))
 
     def decode(self, data: bytes | memoryview, out: np.ndarray, *, where: str = "block") -> None:
-        """Decode ``data`` into ``out`` (C-contiguous, exactly one block), verifying the checksum."""
+        """Decode ``data`` into ``out`` (C-contiguous, exactly one block), verifying the checksum and that the block
+        decodes to exactly ``out.nbytes`` (rows x width x itemsize): a block of another size (a wrong width or dtype
+        in the metadata, a block of another array) is a :class:`CorruptStoreError`, never a partly filled ``out``."""
         view = memoryview(data)
         if self.checksum:
             if len(view) < 4 or crc32c(view[:-4]) != bytes(view[-4:]):
                 raise CorruptStoreError(f"checksum mismatch in {where}: the stored bytes are corrupt or truncated")
             view = view[:-4]
+        size = len(view) if self._blosc is None else _blosc_sizes(view, where)
+        if size != out.nbytes:
+            raise CorruptStoreError(
+                f"{where} decodes to {size} bytes, but a block of its array is {out.nbytes} bytes ({out.shape[0]} "
+                f"rows x {out.nbytes // max(1, out.shape[0])} bytes): the metadata (width, dtype) or the block is wrong"
+            )
         try:
             if self._blosc is None:
-                if len(view) != out.nbytes:
-                    raise ValueError(f"expected {out.nbytes} bytes, found {len(view)}")
                 out.reshape(-1).view(np.uint8)[:] = np.frombuffer(view, dtype=np.uint8)
             else:
                 self._blosc.decode(view, out=out)
-        except CorruptStoreError:
-            raise
         except Exception as exc:  # noqa: BLE001 - a codec error means the bytes are bad
             raise CorruptStoreError(f"cannot decode {where}: {exc}") from exc
 
@@ -104,6 +108,18 @@ class BlockCodec:
 
         shuffle = {"shuffle": hdf5plugin.Blosc.SHUFFLE, "bitshuffle": hdf5plugin.Blosc.BITSHUFFLE}[spec["shuffle"]]
         return dict(hdf5plugin.Blosc(cname=spec["cname"], clevel=spec["clevel"], shuffle=shuffle))
+
+
+def _blosc_sizes(view: memoryview, where: str) -> int:
+    """The decoded size a blosc frame declares (bytes 4-8 of its 16-byte header), checked against the frame's own
+    length (bytes 12-16), so that nothing is decoded whose size is not known first."""
+    if len(view) < 16:
+        raise CorruptStoreError(f"cannot decode {where}: {len(view)} bytes, shorter than a blosc header")
+    nbytes = int.from_bytes(view[4:8], "little")
+    cbytes = int.from_bytes(view[12:16], "little")
+    if cbytes != len(view):
+        raise CorruptStoreError(f"cannot decode {where}: its blosc header says {cbytes} bytes, the block holds {len(view)}")
+    return nbytes
 
 
 def shard_parts(blocks: list[list[Buffer] | bytes | None]) -> list[Buffer]:

@@ -58,3 +58,25 @@ def test_zarr_python_reads_our_arrays(tmp_path, codec: str) -> None:
     np.testing.assert_array_equal(z[:], a.view(torch.uint16).numpy())
     group = zarr.open_group(tmp_path / "s.zarr", mode="r")
     assert group.attrs["actstore"]["commit"]["roles"]["r"] == 300
+
+
+@pytest.mark.parametrize("codec", actstore.CODECS)
+@pytest.mark.parametrize("shape", [(16, 9), (16, 7), (20, 8), (12, 8)])
+def test_a_block_of_another_size_is_refused_not_partly_decoded(codec: str, shape: tuple[int, int]) -> None:
+    """A (16, 8) block decoded into an ``out`` of another size (a width or row count the metadata got wrong) is a
+    CorruptStoreError naming the block; ``out`` is never partly filled and returned."""
+    block = np.arange(16 * 8, dtype="<u2").reshape(16, 8)
+    c = BlockCodec(codec, block.dtype)
+    out = np.empty(shape, dtype=block.dtype)
+    with pytest.raises(CorruptStoreError, match=r"block 3 of acts/x decodes to 256 bytes, but a block of its array is"):
+        c.decode(c.encode(block), out, where="block 3 of acts/x")
+
+
+def test_a_blosc_frame_whose_header_lies_about_its_length_is_refused() -> None:
+    block = np.arange(16 * 8, dtype="<u2").reshape(16, 8)
+    c = BlockCodec("lz4", block.dtype, checksum=False)
+    blob = c.encode(block)
+    with pytest.raises(CorruptStoreError, match="blosc header"):
+        c.decode(blob + b"\0" * 8, np.empty_like(block))
+    with pytest.raises(CorruptStoreError, match="shorter than a blosc header"):
+        c.decode(blob[:10], np.empty_like(block))

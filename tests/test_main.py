@@ -250,10 +250,6 @@ def test_cli_help_version_do_not_import_torch() -> None:
     assert _modules_after(cli.format(argv=["info", "--help"])) == set()
 
 
-def _blocks(text: str, lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
-
-
 def _command(line: str) -> list[str]:
     argv = shlex.split(line)
     if argv[0] == "actstore":
@@ -266,26 +262,29 @@ def _command(line: str) -> list[str]:
 
 @pytest.mark.slow
 def test_walkthrough_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every ```bash and ```python block of the README's walkthrough, in order, in a scratch directory."""
+    """Every ```bash line and ```python block of the README's walkthrough, in document order, in a scratch
+    directory."""
     text = _walkthrough()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(REPO))
-    bash = [line for block in _blocks(text, "bash") for line in block.splitlines() if line.strip()]
+    blocks = [(m.group(1), m.group(2)) for m in re.finditer(r"```(bash|python)\n(.*?)```", text, flags=re.S)]
+    bash = [line for lang, block in blocks if lang == "bash" for line in block.splitlines() if line.strip()]
     assert len(bash) >= 10
-    py = _blocks(text, "python")
-    # the Python block follows the lens commands; run it right after them
-    for line in bash:
-        proc = subprocess.run(_command(line), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        if line.startswith("actstore info") and "--json" in line:
-            assert json.loads(proc.stdout)["layers"] == [6, 10, 14]
-        if line.startswith("actstore lens") and "vlm_lm_head" in line:
-            for code in py:
-                exec(compile(code, str(README), "exec"), {"__name__": "walkthrough"})
+    for lang, block in blocks:
+        if lang == "python":
+            exec(compile(block, str(README), "exec"), {"__name__": "walkthrough"})
+            continue
+        for line in (ln for ln in block.splitlines() if ln.strip()):
+            proc = subprocess.run(_command(line), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+            assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            if line.startswith("actstore info") and "--json" in line:
+                assert json.loads(proc.stdout)["layers"] == [6, 10, 14]
+            if line.startswith("actstore dashboard"):
+                assert Path(proc.stdout.strip()).name == "index.html" and (tmp_path / proc.stdout.strip()).is_file()
     for fig in ("figures/decision_layer14.png", "figures/instruction_layer14.png"):
         assert (tmp_path / fig).stat().st_size > 10_000
     assert (tmp_path / "runs" / "demo.h5").is_file()
     assert (tmp_path / "runs" / "demo_l14.safetensors").stat().st_size > 0
-    for fig in re.findall(r"\]\((docs/figures/[^)]+)\)", text):
+    for fig in re.findall(r"\]\(((?:docs/figures|docs/img)/[^)]+)\)", text):
         assert (REPO / fig).stat().st_size > 10_000, f"README figure {fig} is missing"

@@ -19,7 +19,9 @@ from ._backend import Backend, create_backend, detect_backend, open_backend, sto
 from ._config import ConfigError, StoreConfig
 from ._errors import CorruptStoreError, SchemaMismatchError
 from ._format import new_metadata, seal_metadata, validate_metadata
+from ._h5stage import StagedH5Backend, open_staged
 from ._parts import ensure_root, parse_part, part_path
+from ._remote import is_url
 
 if TYPE_CHECKING:
     from ._writer import StoreWriter
@@ -89,25 +91,39 @@ def create(
         layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
         ensure_root(str(path), n, attrs, layout, f"actstore {__version__}", storage_options)
         path = part_path(path, i)
+    if kind == "hdf5" and not is_url(path):  # crash-safe: staged in Zarr, published by atomic rename
+        staged, resumed = open_staged(path, resume=resume, overwrite=overwrite)
+        return _start(staged, attrs, cfg, resumed=resumed)
     if resume and store_exists(path, kind, storage_options):
         be = open_backend(path, kind, writable=True, storage_options=storage_options)
         try:
             be.lock()
-            meta = validate_metadata(be.read_meta(), str(path))
-            check_resumable(be, meta)
         except BaseException:
             be.close()
             raise
-        if attrs:
-            meta["attrs"] = {**meta["attrs"], **attrs}
-        return _writer(be, meta, cfg, resumed=True)
+        return _start(be, attrs, cfg, resumed=True)
     be = create_backend(path, kind, overwrite=overwrite, storage_options=storage_options)
     try:
         be.lock()
-        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
-        meta = new_metadata(attrs, layout, f"actstore {__version__}")
-        be.write_meta(seal_metadata(meta), durable=cfg.durable)
     except BaseException:
         be.close()
         raise
-    return _writer(be, meta, cfg, resumed=False)
+    return _start(be, attrs, cfg, resumed=False)
+
+
+def _start(be: Backend, attrs: dict[str, Any], cfg: StoreConfig, *, resumed: bool) -> StoreWriter:
+    """A writer on a locked backend: a resumed store's record and arrays checked, or a new store's first record."""
+    try:
+        if resumed:
+            meta = validate_metadata(be.read_meta(), be.path)
+            check_resumable(be, meta)
+            if attrs:
+                meta["attrs"] = {**meta["attrs"], **attrs}
+        else:
+            layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
+            meta = new_metadata(attrs, layout, f"actstore {__version__}")
+            be.write_meta(seal_metadata(meta), durable=cfg.durable)
+    except BaseException:
+        be.close_unpublished() if isinstance(be, StagedH5Backend) else be.close()
+        raise
+    return _writer(be, meta, cfg, resumed=resumed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -12,17 +13,23 @@ import h5py
 import numpy as np
 
 from ._backend import Backend, FileLock
-from ._codec import BlockCodec
+from ._codec import BlockCodec, crc32c
 from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError
 from ._format import META_KEY
 
-__all__ = ["H5Backend"]
+__all__ = ["CRC_GROUP", "H5Backend"]
+
+CRC_GROUP = "crc32c"
+"""Root group of the checksum datasets: ``crc32c/{array key}`` holds one little-endian uint32 crc32c per block
+(HDF5 chunk) of the array, of the encoded bytes exactly as stored (what a Zarr block's trailing crc32c covers)."""
 
 
 class H5Backend(Backend):
     """One HDF5 file; an HDF5 chunk is one block, written with ``write_direct_chunk`` (blosc filter 32001).
 
-    HDF5 has no per-chunk checksum in this layout; a corrupt block is still caught by the blosc decoder.
+    Each block's crc32c lives in the dataset ``crc32c/{key}`` beside the array and is checked on every
+    ``read_block`` (the blocks themselves stay plain blosc frames that h5py decodes). Files of format version 1
+    have no checksum datasets and are read unchecked.
     """
 
     checksums = False
@@ -32,6 +39,7 @@ class H5Backend(Backend):
         self._mode = mode
         self._io = threading.RLock()
         self._lock: FileLock | None = None
+        self._crcs: dict[str, h5py.Dataset | None] = {}
         try:
             if mode == "r":
                 import hdf5plugin  # noqa: F401  registers the blosc filter for plain h5py reads
@@ -73,9 +81,17 @@ class H5Backend(Backend):
         if not isinstance(raw, str):
             raise CorruptStoreError(f"{self.path}: the {META_KEY!r} attribute is not a JSON string")
         try:
-            return json.loads(raw)
-        except ValueError as exc:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
             raise CorruptStoreError(f"{self.path}: the {META_KEY!r} attribute is not valid JSON: {exc}") from None
+        if self._mode == "r":  # readers go by the datasets' extents: they must cover what the record commits
+            from ._format import validate_metadata
+
+            problems = self.check_datasets(validate_metadata(copy.deepcopy(doc), self.path))
+            if problems:
+                raise CorruptStoreError(f"{len(problems)} datasets of {self.path} disagree with its metadata "
+                                        f"record: {problems[0][1]}")
+        return doc
 
     def write_meta(self, meta: dict[str, Any], *, durable: bool) -> None:
         with self._io:
@@ -102,6 +118,7 @@ class H5Backend(Backend):
                 dtype=np.dtype(dtype),
                 **codec.hdf5_filter(),
             )
+            self._f.create_dataset(f"{CRC_GROUP}/{key}", shape=(0,), maxshape=(None,), chunks=(4096,), dtype="<u4")
 
     def _dataset(self, key: str) -> h5py.Dataset:
         try:
@@ -112,6 +129,34 @@ class H5Backend(Backend):
             raise CorruptStoreError(f"{self.path}: {key!r} is not a chunked 2-D dataset")
         return ds
 
+    def _crc(self, key: str) -> h5py.Dataset | None:
+        """The checksum dataset of ``key``; None only in a version-1 file (no checksums then)."""
+        if key not in self._crcs:
+            ds = self._f.get(f"{CRC_GROUP}/{key}")
+            if ds is None and self._version() >= 2:
+                raise CorruptStoreError(f"{self.path} has no checksum dataset {CRC_GROUP}/{key} for array {key!r}")
+            if ds is not None and (not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype != np.dtype("<u4")):
+                raise CorruptStoreError(f"{self.path}: {CRC_GROUP}/{key} is not a 1-D uint32 dataset")
+            self._crcs[key] = ds
+        return self._crcs[key]
+
+    def _version(self) -> int:
+        try:
+            version = json.loads(self._f.attrs.get(META_KEY, "{}")).get("format_version", 2)
+        except (ValueError, AttributeError, TypeError):
+            return 2
+        return version if isinstance(version, int) else 2
+
+    def trim(self, key: str, n_rows: int) -> None:
+        """Cut ``key`` to exactly ``n_rows`` rows (and its checksums to the blocks holding them), so that plain
+        h5py sees no padding rows past the commit."""
+        with self._io:
+            ds = self._dataset(key)
+            ds.resize((n_rows, ds.shape[1]))
+            crc = self._crc(key)
+            if crc is not None:
+                crc.resize((-(-n_rows // ds.chunks[0]),))
+
     def set_rows(self, key: str, n_rows: int) -> None:
         with self._io:
             ds = self._dataset(key)
@@ -121,19 +166,84 @@ class H5Backend(Backend):
     def write_chunk(self, key: str, chunk: int, blocks: list[Any], *, durable: bool) -> None:
         with self._io:
             ds = self._dataset(key)
-            block_rows = ds.chunks[0]
-            end = (chunk * len(blocks) + len(blocks)) * block_rows
+            end = (chunk * len(blocks) + len(blocks)) * ds.chunks[0]
             if ds.shape[0] < end:
                 ds.resize((end, ds.shape[1]))
+            crc = self._crc(key)
+            if crc is not None and crc.shape[0] < chunk * len(blocks) + len(blocks):
+                crc.resize((chunk * len(blocks) + len(blocks),))
+            self.write_blocks(key, chunk * len(blocks), blocks)
+
+    def write_blocks(self, key: str, first: int, blocks: list[Any]) -> None:
+        """Write encoded blocks ``first, first + 1, ...`` (None = skip) and their crc32c, growing nothing: the
+        dataset and its checksums must already cover them (a publish sizes them exactly first, so HDF5 never
+        rewrites a partial edge chunk, which would change its bytes under its checksum)."""
+        with self._io:
+            ds = self._dataset(key)
+            crc = self._crc(key)
             for i, blob in enumerate(blocks):
-                if blob is not None:
-                    data = blob if isinstance(blob, bytes) else b"".join(blob)
-                    ds.id.write_direct_chunk(((chunk * len(blocks) + i) * block_rows, 0), data, 0)
+                if blob is None:
+                    continue
+                data = bytes(blob) if not isinstance(blob, list) else b"".join(bytes(p) for p in blob)
+                ds.id.write_direct_chunk(((first + i) * ds.chunks[0], 0), data, 0)
+                if crc is not None:
+                    crc[first + i] = int.from_bytes(crc32c(data), "little")
 
     def read_chunk(
         self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False
     ) -> list[memoryview | bytes | None]:
-        return [self.read_block(key, chunk * n_blocks + i, n_blocks) for i in range(n_blocks)]
+        """The blocks of a chunk; those past the dataset's end (it holds exactly the committed rows, checked on
+        open by :meth:`check_datasets`) are None."""
+        with self._io:
+            ds = self._dataset(key)
+            blocks = range(chunk * n_blocks, chunk * n_blocks + n_blocks)
+            return [self.read_block(key, b, n_blocks) if b * ds.chunks[0] < ds.shape[0] else None for b in blocks]
+
+    def other_arrays(self, meta: dict[str, Any]) -> list[tuple[str, int, np.dtype, int]]:
+        """(key, width, dtype, rows) of the chunked 2-D datasets the record does not declare (derived arrays such
+        as per-row statistics), checksum datasets excluded."""
+        from ._format import schema_arrays
+
+        known = {a.key for a, _ in schema_arrays(meta)}
+        found: list[tuple[str, int, np.dtype, int]] = []
+
+        def visit(name: str, obj: Any) -> None:
+            if (isinstance(obj, h5py.Dataset) and name not in known and not name.startswith(f"{CRC_GROUP}/")
+                    and obj.ndim == 2 and obj.chunks is not None):
+                found.append((name, int(obj.shape[1]), np.dtype(obj.dtype), int(obj.shape[0])))
+
+        with self._io:
+            self._f.visititems(visit)
+        return found
+
+    def check_datasets(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
+        """``(key, problem)`` for every dataset that disagrees with the validated record ``meta``: missing, not a
+        chunked 2-D dataset, fewer rows than committed, another width, dtype, chunk shape or filter, or (version
+        2) a checksum dataset missing or shorter than the committed blocks."""
+        from ._format import schema_arrays
+
+        layout = meta["layout"]
+        block_rows = int(layout["block_rows"])
+        want_filter = BlockCodec(layout["codec"], np.dtype("u1"), checksum=False).hdf5_filter().get("compression")
+        out: list[tuple[str, str]] = []
+        with self._io:
+            for spec, n in schema_arrays(meta):
+                try:
+                    ds = self._dataset(spec.key)
+                    crc = self._crc(spec.key)
+                except CorruptStoreError as exc:
+                    out.append((spec.key, str(exc)))
+                    continue
+                found = {"rows": ds.shape[0] >= n, "width": ds.shape[1] == spec.width,
+                         "dtype": ds.dtype == spec.dtype, "chunks": ds.chunks == (block_rows, spec.width),
+                         "filter": (want_filter is None and not ds._filters) or str(want_filter) in ds._filters,
+                         "checksums": crc is None or crc.shape[0] >= -(-n // block_rows)}
+                for what, ok in found.items():
+                    if not ok:
+                        out.append((spec.key, f"dataset {spec.key} in {self.path}: {what} disagree with the record "
+                                              f"(shape {ds.shape}, dtype {ds.dtype}, chunks {ds.chunks}; record: "
+                                              f"{n} rows, width {spec.width}, {spec.dtype}, {layout})"))
+        return out
 
     def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
         with self._io:
@@ -145,6 +255,11 @@ class H5Backend(Backend):
             if info.byte_offset is None:
                 return None
             _mask, data = ds.id.read_direct_chunk((row, 0))
+            crc = self._crc(key)
+            stored = None if crc is None else (int(crc[block]) if block < crc.shape[0] else -1)
+        if stored is not None and int.from_bytes(crc32c(data), "little") != stored:
+            raise CorruptStoreError(f"checksum mismatch in block {block} of {key} in {self.path}: the stored bytes "
+                                    "are corrupt")
         return data
 
     def stored_bytes(self) -> int:

@@ -6,6 +6,7 @@ rows for 3 steps and 2 layers, adarms cond) that commits every batch, as ``captu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -216,3 +217,70 @@ def _check_h5(path: Path) -> int:
         np.testing.assert_array_equal(got[key], exp[key])
     assert verify(path).ok
     return k
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_loop_on_hdf5_loses_no_committed_row(tmp_path: Path) -> None:
+    """HDF5 captures are staged in Zarr and published by atomic rename (``_h5stage``): SIGKILLs at random moments
+    and inside staging writes never leave a ``.h5`` that fails to open, and a resume publishes every batch the
+    killed writer committed (read from its staging record before the resume), bit for bit."""
+    import random
+    import shutil
+
+    from actstore._h5stage import staging_path
+
+    rng = random.Random(SEED)
+    path = tmp_path / "run.h5"
+    batches, seen = 24, set()
+    t0 = time.monotonic()
+    status = _fork_writer(path, batches, {"how": "none"}, None)
+    full = time.monotonic() - t0
+    assert os.waitstatus_to_exitcode(status) == 0
+    ref = tmp_path / "ref.h5"
+    path.rename(ref)
+    assert assert_store_is_batches(ref, SEED) == batches
+    for i in range(14):
+        if i % 2:
+            kind, mode = rng.choice(cw.KILL_KINDS), rng.choice(cw.KILL_MODES)
+            kill, delay = {"how": "point", "kind": kind, "n": rng.randint(1, 30), "mode": mode}, None
+        else:
+            kill, delay = {"how": "delay"}, rng.uniform(0.0, full * 0.5)
+        status = _fork_writer(path, batches, kill, delay)
+        snap = tmp_path / f"snap-{i}" / "run.h5"
+        snap.parent.mkdir()
+        if path.exists():
+            shutil.copy2(path, snap)
+        if staging_path(path).exists():
+            shutil.copytree(staging_path(path), staging_path(snap))
+        if snap.exists():  # whatever the kill hit, a published file opens and holds a committed prefix
+            assert assert_store_is_batches(snap, SEED) >= 0
+        staged = staging_path(snap)
+        committed = 0
+        if (staged / "zarr.json").exists():
+            with ActStore.open(staged) as s:
+                committed = int((s.commit["progress"] or {}).get("batches", 0))
+        with actstore.create(snap, resume=True, **cw.CONFIG) as w:  # publishes the staged commit, then closes
+            got = int((w.committed_progress or {}).get("batches", 0))
+        assert got >= committed, f"kill {i} ({kill}): {committed} batches staged, {got} after resume"
+        assert assert_store_is_batches(snap, SEED) == got
+        assert not staging_path(snap).exists()
+        seen.add(got)
+    status = _fork_writer(path, batches, {"how": "none"}, None)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert assert_store_is_batches(path, SEED) == batches
+    assert_same_store(path, ref)
+    assert len(seen) >= 2, f"kills landed after too few distinct batch counts: {sorted(seen)}"
+
+
+def _fork_writer(path: Path, batches: int, kill: dict[str, Any], delay: float | None) -> int:
+    """Fork a ``_crash_writer`` child writing ``path`` (resuming), SIGKILL it after ``delay`` s or at its kill
+    point; return its wait status."""
+    pid = os.fork()
+    if pid == 0:
+        cw._child(str(path), SEED, batches, kill)
+    if delay is not None:
+        time.sleep(delay)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]

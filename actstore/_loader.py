@@ -24,7 +24,7 @@ import queue
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,7 @@ from ._config import ConfigError
 from ._errors import StoreClosedError
 from ._format import DTYPES
 from ._loader_config import LoaderConfig
+from ._rowindex import Selection
 from ._shuffle import EpochPlan, plan_epoch, resume_split
 
 if TYPE_CHECKING:
@@ -63,17 +64,21 @@ class _Source:
         step: int | Iterable[int] | None,
         sample: int | Iterable[int] | None,
         where: Callable[[dict[str, np.ndarray]], np.ndarray] | np.ndarray | None,
+        match: Mapping[str, int | Iterable[int]] | None = None,
     ) -> None:
         self.multi = isinstance(layer, (list, tuple))
         layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
         if not layers:
             raise ConfigError(f"give at least one layer; layers of role {role!r} are {store.layers_of(role)}")
         self.role = role
-        views = [store.select(x, role, step=step, sample=sample, where=where) for x in layers]
+        first = store.select(layers[0], role, step=step, sample=sample, where=where, match=match)
+        views = [first] + [store.view(x, role) for x in layers[1:]]  # the filter runs once, for every layer
         self.layers = [v.layer for v in views]
         if len(set(map(str, self.layers))) != len(self.layers):
             raise ConfigError(f"layer list {layers!r} names a layer twice")
-        self.rows = np.ascontiguousarray(views[0].row_index, dtype=np.int64)
+        sel = first.selection
+        self.selection: Selection = sel if sel is not None else Selection.all(store.index(role).bounds)
+        """The selected rows, chunk by chunk (O(chunks) memory; no row table is loaded)."""
         self.dtype_names = [v._dtype_name for v in views]
         self.path = str(store.path)
         self.storage_options = store.storage_options
@@ -110,8 +115,14 @@ class _Source:
     def chunk_rows(self) -> int:
         return self.readers[0].chunk_rows
 
-    def table(self) -> dict[str, np.ndarray]:
-        return self.store.rows(self.role)
+    @property
+    def row_reader(self) -> Any:
+        """The reader of the role's row table (decoded buffer by buffer, like the activations)."""
+        return self.store.index(self.role).reader
+
+    @property
+    def columns(self) -> list[str]:
+        return self.store.index(self.role).columns
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -225,7 +236,11 @@ def _pipeline(
     every yielded host batch is a fresh tensor. Batches moved to ``cfg.device`` are always fresh device tensors,
     so the host ring is used for them regardless (the copy engine reads it before the slot is reused).
     """
-    readers = src.readers
+    readers = list(src.readers)
+    n_layers = len(readers)
+    columns = src.columns if cfg.with_rows else None
+    if columns is not None:  # the batch's row-table entries: decoded with the buffer, never the whole table
+        readers.append(src.row_reader)
     counts = {i: plan.buffer_batches(i) for i in buffer_ids}
     todo = list(buffer_ids)
     while todo and skip >= counts[todo[0]]:
@@ -233,15 +248,16 @@ def _pipeline(
     if not todo:
         return
     if bufs is None:
-        bufs = [[np.empty((plan.buffer_rows, r.width), dtype=r.dtype) for r in readers] for _ in range(2)]
+        bufs = [[np.empty((plan.buffer_rows, r.width), dtype=r.dtype) for r in readers[:n_layers]] for _ in range(2)]
+    if columns is not None:
+        bufs = [[*b[:n_layers], np.empty((plan.buffer_rows, len(columns)), dtype=np.int64)] for b in bufs]
     out_dtype = cfg.dtype
     device = torch.device(cfg.device) if cfg.device is not None else None
     ring = cfg.prefetch + 3 if reuse or device is not None else 0
     outs = [
         _Output(cfg.batch_size, r.width, name, out_dtype or name, cfg.pin_memory, ring)
-        for r, name in zip(readers, src.dtype_names, strict=True)
+        for r, name in zip(readers[:n_layers], src.dtype_names, strict=True)
     ]
-    table = src.table() if cfg.with_rows else None
     stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
     q: queue.Queue[Any] = queue.Queue(maxsize=cfg.prefetch)
     stop = threading.Event()
@@ -258,7 +274,7 @@ def _pipeline(
     def emit(ids: np.ndarray, idx: np.ndarray, slot: int, cur: list[np.ndarray]) -> None:
         if stop.is_set():
             raise _Stop
-        acts = [o.gather(buf, idx, slot) for o, buf in zip(outs, cur, strict=True)]
+        acts = [o.gather(buf, idx, slot) for o, buf in zip(outs, cur[:n_layers], strict=True)]
         event = None
         if device is not None:
             if stream is not None:
@@ -272,9 +288,9 @@ def _pipeline(
                 acts_dev = [a.to(device, copy=True) for a in acts]
             acts = acts_dev
         result: Any = dict(zip(src.layers, acts, strict=True)) if src.multi else acts[0]
-        if table is not None:
-            rid = ids[idx]
-            result = (result, {k: torch.from_numpy(v[rid]) for k, v in table.items()})
+        if columns is not None:
+            picked = cur[n_layers][idx]
+            result = (result, {k: torch.from_numpy(np.ascontiguousarray(picked[:, j])) for j, k in enumerate(columns)})
         put((result, event))
 
     def produce() -> None:
@@ -355,18 +371,19 @@ class _Base:
         step: int | Iterable[int] | None = None,
         sample: int | Iterable[int] | None = None,
         where: Callable[[dict[str, np.ndarray]], np.ndarray] | np.ndarray | None = None,
+        match: Mapping[str, int | Iterable[int]] | None = None,
         config: LoaderConfig | None = None,
         **overrides: Any,
     ) -> None:
         self.config = _config(config, overrides)
-        self._src = _Source(store, layer, role, step, sample, where)
+        self._src = _Source(store, layer, role, step, sample, where, match)
         self.rank, self.world_size = self.config.ranks()
         self.epoch = 0
 
     @property
     def num_rows(self) -> int:
         """Rows selected (before the split across ranks)."""
-        return int(self._src.rows.size)
+        return self._src.selection.total
 
     @property
     def layers(self) -> list[int | str]:
@@ -376,7 +393,7 @@ class _Base:
         """This rank's plan of an epoch (default: the current one)."""
         c = self.config
         return plan_epoch(
-            self._src.rows,
+            self._src.selection,
             chunk_rows=self._src.chunk_rows,
             batch_size=c.batch_size,
             shuffle_chunks=c.shuffle_chunks,
@@ -386,7 +403,6 @@ class _Base:
             rank=self.rank,
             world_size=self.world_size,
             drop_last=c.drop_last,
-            chunk_of=self._src.readers[0].chunk_index,
         )
 
     def __len__(self) -> int:
@@ -476,7 +492,7 @@ class ActLoader(_Base):
         if self._closed:
             raise StoreClosedError(f"this loader of {self._src.path} was closed; make a new one with store.loader(...)")
         plan = self.plan()
-        if self._bufs is None:
+        if self._bufs is None or self._bufs[0][0].shape[0] < plan.buffer_rows:
             self._bufs = [
                 [np.empty((plan.buffer_rows, r.width), dtype=r.dtype) for r in self._src.readers] for _ in range(2)
             ]

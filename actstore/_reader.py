@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +26,8 @@ from ._format import (
     validate_metadata,
 )
 from ._parts import merge_metadata, open_parts
+from ._rowindex import RowIndex, RowTable
+from ._rowstats import stats_key
 from ._view import ActView
 
 if TYPE_CHECKING:
@@ -37,21 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["ActStore", "RowTable", "open_store"]
 
 RowFilter = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-class RowTable(dict):  # type: ignore[type-arg]
-    """A row table (column name -> int64 numpy array); an unknown column raises :class:`UnknownKeyError` (a
-    ``KeyError``) naming the columns, so a typo in a ``where`` predicate says what exists."""
-
-    def __init__(self, columns: dict[str, np.ndarray], what: str) -> None:
-        super().__init__(columns)
-        self.what = what
-
-    def __missing__(self, key: object) -> np.ndarray:
-        raise UnknownKeyError(f"no column {key!r} in {self.what}; columns are {list(self)}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (RowTable, (dict(self), self.what))
 
 
 class ActStore:
@@ -99,6 +86,7 @@ class ActStore:
         self._chunk_rows = int(layout["chunk_rows"])
         self._block_rows = int(layout["block_rows"])
         self._row_cache: dict[str, dict[str, np.ndarray]] = {}
+        self._indexes: dict[str, RowIndex] = {}
         self._samples_cache: dict[str, Any] | None = None
         self._readers: dict[str, ArrayReader] = {}
         self._cache.clear()
@@ -177,7 +165,8 @@ class ActStore:
         return sorted(found)
 
     def steps_of(self, role: str) -> list[int]:
-        steps = np.unique(self.rows(role)["step"])
+        """Denoising steps of a role (one pass over its row-table chunks, skipping those of a single step)."""
+        steps = self.index(role).distinct("step")
         return [int(s) for s in steps if s != NO_STEP]
 
     def layers_of(self, role: str) -> list[int | str]:
@@ -264,27 +253,15 @@ class ActStore:
         return ActView(self, entry["layer"], role, reader, entry["dtype"])
 
     def _filter_steps(self, view: ActView, step: int | Iterable[int]) -> ActView:
-        steps = self._values(view.role, "step", step)
-        mask = np.isin(self.rows(view.role)["step"], steps)
-        return view.filter(mask, f", step={step!r}")
+        return self.select(view.layer, view.role, step=step)
 
-    def _values(self, role: str, column: str, value: int | Iterable[int]) -> np.ndarray:
-        """``value`` (one int or several) as int64, each of which must occur in the role's ``column``."""
+    @staticmethod
+    def _values(column: str, value: int | Iterable[int]) -> np.ndarray:
+        """``value`` (one int or several) as int64 (whether the role holds them is checked by the selection)."""
         values = [value] if isinstance(value, (int, np.integer)) else list(value)
         if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in values):
             raise StoreIndexError(f"{column} must be an int or a list of ints, got {value!r}")
-        arr = np.asarray(values, dtype=np.int64)
-        have = np.unique(self.rows(role)[column])
-        missing = arr[~np.isin(arr, have)]
-        if missing.size:
-            if column == "step":
-                shown = self.steps_of(role)
-            else:
-                shown = have[:10].tolist() + (["..."] if have.size > 10 else [])
-            raise UnknownKeyError(
-                f"no {column} {int(missing[0])} for role {role!r} in store {self.path}; {column}s are {shown}"
-            )
-        return arr
+        return np.asarray(values, dtype=np.int64)
 
     def select(
         self,
@@ -294,46 +271,56 @@ class ActStore:
         step: int | Iterable[int] | None = None,
         sample: int | Iterable[int] | None = None,
         where: RowFilter | np.ndarray | None = None,
+        match: Mapping[str, int | Iterable[int]] | None = None,
     ) -> ActView:
         """A filtered view: rows whose step / sample is in the given values and for which ``where`` holds.
 
-        A step or sample with no rows in the role raises :class:`UnknownKeyError` (as ``store[layer, role, step]``
-        does). ``where`` is a boolean mask over the role's rows, or a callable taking the row table (a dict of
-        numpy columns; an unknown column raises :class:`UnknownKeyError`) and returning such a mask, e.g.
-        ``where=lambda r: r["position"] < 4``.
+        ``match`` filters any other integer column the same way (``match={"episode": [3, 4], "task": 7}``).
+        A value with no rows in its column raises :class:`UnknownKeyError` (as ``store[layer, role, step]``
+        does). ``where`` is a boolean mask over the role's rows, or a callable taking a row table (a dict of
+        numpy columns; an unknown column raises :class:`UnknownKeyError`) and returning a mask of its length,
+        e.g. ``where=lambda r: r["position"] < 4``. The filter runs chunk by chunk (the callable gets one
+        row-table chunk at a time, so it must work row by row) and skips the chunks whose per-chunk min / max
+        rule the step / sample / ``match`` values out; the whole row table is never loaded.
         """
         view = self.view(layer, role)
-        table = self.rows(role)
-        mask = np.ones(len(view), dtype=bool)
+        values: dict[str, np.ndarray] = {}
         label = ""
-        if step is not None:
-            mask &= np.isin(table["step"], self._values(role, "step", step))
-            label += f", step={step!r}"
-        if sample is not None:
-            mask &= np.isin(table["sample"], self._values(role, "sample", sample))
-            label += f", sample={sample!r}"
+        for column, value in (("step", step), ("sample", sample), *sorted((match or {}).items())):
+            if value is not None:
+                values[column] = self._values(column, value)
+                label += f", {column}={value!r}"
         if where is not None:
-            extra = where(table) if callable(where) else where
-            extra = np.asarray(extra)
-            if extra.dtype != bool or extra.shape != mask.shape:
-                raise StoreIndexError(f"where must give a boolean mask of shape {mask.shape}, got {extra.dtype} {extra.shape}")
-            mask &= extra
             label += ", where=..."
-        return view.filter(mask, label)
+        if not values and where is None:
+            return view
+        return view.restrict(self.index(role).select(values, where), label)
 
     # ------------------------------------------------------------------------------------------ tables
     def rows(self, role: str) -> dict[str, np.ndarray]:
-        """The role's row table: ``sample``, ``step``, ``position`` and any extra columns, as int64 numpy."""
+        """The role's whole row table: ``sample``, ``step``, ``position`` and any extra columns, as int64 numpy
+        (read on first use, 8 bytes per row and column; filters, views and loaders never need it)."""
         self._check_open()
         cached = self._row_cache.get(role)
         if cached is None:
-            spec = self._role(role)
-            cols = spec["columns"]
-            mat = self._read_all(rows_key(role), len(cols), np.dtype("<i8"), self.num_rows(role))
-            cached = RowTable({c: np.ascontiguousarray(mat[:, j]) for j, c in enumerate(cols)},
-                              f"the {role!r} rows of {self.path}")
-            self._row_cache[role] = cached
+            cached = self._row_cache[role] = self.index(role).table()
         return cached
+
+    def index(self, role: str) -> RowIndex:
+        """The role's row table read chunk by chunk, with its per-chunk statistics (:class:`RowIndex`)."""
+        self._check_open()
+        found = self._indexes.get(role)
+        if found is None:
+            cols = self._role(role)["columns"]
+            n = self.num_rows(role)
+            reader = self._reader(rows_key(role), len(cols), np.dtype("<i8"), n)
+            stats = None
+            n_chunks = -(-n // self._chunk_rows)
+            if not self._parts and self.meta["commit"].get("row_stats", {}).get(role) == n_chunks and n_chunks:
+                stats = self._array_reader(self._be, self.meta, stats_key(role), 2 * len(cols), np.dtype("<i8"),
+                                           n_chunks)
+            found = self._indexes[role] = RowIndex(reader, cols, role, str(self.path), stats)
+        return found
 
     def _cond_spec(self, name: str) -> dict[str, Any]:
         spec = self.meta["conds"].get(name) if isinstance(name, str) else None
@@ -357,10 +344,8 @@ class ActStore:
         values = self._read_all(cond_acts_key(name), spec["d"], dtype, n)
         if role is None:
             return from_storage(values, spec["dtype"])
-        table = self.rows(role)
+        table = self.rows(role) if rows is None else self.index(role).rows_at(np.asarray(rows))
         r_sample, r_step = table["sample"], table["step"]
-        if rows is not None:
-            r_sample, r_step = r_sample[rows], r_step[rows]
         index = self._join(self.cond_rows(name), r_sample, r_step, name, role)
         return from_storage(np.ascontiguousarray(values[index]), spec["dtype"])
 
@@ -438,10 +423,8 @@ class ActStore:
     def instructions(self, layer: int | str, sample: int, role: str = "instruction") -> torch.Tensor:
         """That sample's instruction-token rows at ``layer``, ordered by prompt position."""
         self._sample_pos(sample)
-        table = self.rows(role)
-        idx = np.nonzero(table["sample"] == int(sample))[0]
-        idx = idx[np.argsort(table["position"][idx], kind="stable")]
-        return self.view(layer, role).filter(idx)[:]
+        view = self.select(layer, role, sample=int(sample))
+        return view.filter(np.argsort(view.rows()["position"], kind="stable"))[:]
 
     # ------------------------------------------------------------------------------------------ loader
     def loader(
@@ -452,6 +435,7 @@ class ActStore:
         step: int | Iterable[int] | None = None,
         sample: int | Iterable[int] | None = None,
         where: RowFilter | np.ndarray | None = None,
+        match: Mapping[str, int | Iterable[int]] | None = None,
         batch_size: int = 4096,
         shuffle: bool = True,
         seed: int = 0,
@@ -487,14 +471,14 @@ class ActStore:
             "pin_memory": pin_memory, "device": device, "prefetch": prefetch, "reuse_buffers": reuse_buffers,
         }
         if unknown:
-            valid = ["layer", "role", "step", "sample", "where", *options, "config"]
+            valid = ["layer", "role", "step", "sample", "where", "match", *options, "config"]
             raise ConfigError(f"unknown loader option {sorted(unknown)[0]!r}; valid options are {valid}")
         defaults = LoaderConfig()
         changed = {k: v for k, v in options.items() if v != getattr(defaults, k)}
         if config is not None and changed:
             raise ConfigError(f"give loader options either as config= or as keywords, not both (got config and "
                               f"{sorted(changed)})")
-        return ActLoader(self, layer, role, step=step, sample=sample, where=where,
+        return ActLoader(self, layer, role, step=step, sample=sample, where=where, match=match,
                          config=config if config is not None else LoaderConfig(**options))
 
     def features(self, name: str, *, verify: bool = True) -> Any:

@@ -30,6 +30,7 @@ import numpy as np
 from ._blocks import ArrayReader
 from ._errors import StoreIndexError
 from ._format import DTYPES, from_storage
+from ._rowindex import Selection
 
 if TYPE_CHECKING:
     import torch
@@ -126,19 +127,22 @@ class ActView:
     """Rows of ``store[layer, role]`` (or a filtered subset); see the module docstring for indexing."""
 
     def __init__(self, store: ActStore, layer: int | str, role: str, reader: ArrayReader, dtype: str,
-                 rows: np.ndarray | None = None, label: str = "") -> None:
+                 rows: np.ndarray | Selection | None = None, label: str = "") -> None:
         self.store = store
         self.layer = layer
         self.role = role
         self._reader = reader
         self._dtype_name = dtype
         self._rows = rows
-        """Indices into the role's rows when the view is filtered, else None (all committed rows)."""
+        """The role's rows of a filtered view, else None (all committed rows): a :class:`Selection` (chunk by
+        chunk, from ``store.select``, O(chunks) memory) or an index array (from :meth:`filter`, any order)."""
         self._label = label
 
     # --------------------------------------------------------------------------------------- shape
     def __len__(self) -> int:
-        return self._reader.n_rows if self._rows is None else int(self._rows.shape[0])
+        if self._rows is None:
+            return self._reader.n_rows
+        return self._rows.total if isinstance(self._rows, Selection) else int(self._rows.shape[0])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -154,8 +158,21 @@ class ActView:
 
     @property
     def row_index(self) -> np.ndarray:
-        """Positions of this view's rows in the role's row table."""
-        return np.arange(len(self), dtype=np.int64) if self._rows is None else self._rows
+        """Positions of this view's rows in the role's row table (an array of the view's length)."""
+        if self._rows is None:
+            return np.arange(len(self), dtype=np.int64)
+        return self._rows.row_ids() if isinstance(self._rows, Selection) else self._rows
+
+    @property
+    def selection(self) -> Selection | None:
+        """The view's rows chunk by chunk (None for an unfiltered view; an index array that is not ascending
+        and unique, from :meth:`filter`, has none)."""
+        if self._rows is None or isinstance(self._rows, Selection):
+            return self._rows
+        ids = self._rows
+        if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            return None
+        return Selection.from_ids(self.store.index(self.role).bounds, ids)
 
     def __repr__(self) -> str:
         return (f"ActView(layer={self.layer!r}, role={self.role!r}{self._label}, shape={self.shape}, "
@@ -169,7 +186,7 @@ class ActView:
         norm = normalize_index(key, len(self))
         if cols is not None:
             cols = _normalize_cols(cols, self._reader.width)
-            if isinstance(cols, np.ndarray) and not isinstance(norm, (int, slice)):
+            if isinstance(cols, np.ndarray) and not isinstance(norm, (int, slice)) and not isinstance(key, slice):
                 raise StoreIndexError(
                     "an array index on both rows and columns is not supported (numpy would pair them element by "
                     "element, h5py refuses it); index the rows, then the columns: v[rows][:, cols]"
@@ -185,7 +202,9 @@ class ActView:
 
     def _base(self, idx: np.ndarray) -> np.ndarray:
         """Map view positions to positions in the role's rows."""
-        return idx if self._rows is None else self._rows[idx]
+        if self._rows is None:
+            return idx
+        return self._rows.base(idx) if isinstance(self._rows, Selection) else self._rows[idx]
 
     def __getitem__(self, key: Any) -> torch.Tensor:
         arr = self.numpy(key)
@@ -217,11 +236,14 @@ class ActView:
         return 2
 
     def rows(self) -> dict[str, np.ndarray]:
-        """The row table (sample, step, position, ...) of this view's rows."""
-        table = self.store.rows(self.role)
+        """The row table (sample, step, position, ...) of this view's rows (only their chunks are read; the
+        whole table for an unfiltered view)."""
+        index = self.store.index(self.role)
         if self._rows is None:
-            return table
-        return type(table)({k: v[self._rows] for k, v in table.items()}, table.what)  # type: ignore[attr-defined]
+            return self.store.rows(self.role)
+        if isinstance(self._rows, Selection):
+            return index.rows_of(self._rows)
+        return index.rows_at(self._rows)
 
     def to_dask(self, *, dtype: str = "float32", chunk_rows: int | None = None) -> Any:
         """The rows as a lazy ``dask.array`` (one task per store chunk) for out-of-core analysis; needs dask."""
@@ -242,5 +264,12 @@ class ActView:
             idx = np.array([idx], dtype=np.int64)
         elif isinstance(idx, slice):
             idx = np.arange(idx.start, idx.stop, dtype=np.int64)
-        base = idx if self._rows is None else self._rows[idx]
-        return ActView(self.store, self.layer, self.role, self._reader, self._dtype_name, base, self._label + label)
+        return ActView(self.store, self.layer, self.role, self._reader, self._dtype_name, self._base(idx),
+                       self._label + label)
+
+    def restrict(self, selection: Selection, label: str = "") -> ActView:
+        """This (unfiltered) view limited to the rows of a selection of its role."""
+        if self._rows is not None:
+            raise StoreIndexError(f"restrict() applies to an unfiltered view; {self!r} is filtered already")
+        return ActView(self.store, self.layer, self.role, self._reader, self._dtype_name, selection,
+                       self._label + label)

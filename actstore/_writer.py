@@ -46,6 +46,7 @@ from ._format import (
     seal_metadata,
 )
 from ._queue import ByteQueue
+from ._rowstats import RowStatsWriter
 from ._schema import (
     as_index_column,
     as_int_matrix,
@@ -119,6 +120,7 @@ class StoreWriter:
         """Sample ids appended since the last mark (forgotten again by ``rollback``)."""
         # writer-thread state
         self._tables: dict[str, Table] = {}
+        self._row_stats = RowStatsWriter(backend, meta, self._codec_name, self._chunk_rows, self._block_rows)
         self._pool = ThreadPoolExecutor(max_workers=config.threads or os.cpu_count() or 2, thread_name_prefix="actstore-enc")
         self._inflight: deque[Future[None]] = deque()
         self._pending_mark: dict[str, Any] | None = None
@@ -437,6 +439,7 @@ class StoreWriter:
     def _submit(self, job: ChunkJob) -> None:
         table = self._tables[job.key]
         durable = self.config.durable
+        self._row_stats.observe(job)
 
         def work() -> None:  # one task per chunk: encode its blocks, write the file, recycle the buffer
             self._be.write_chunk(job.key, job.chunk, encode_chunk(job, table), durable=durable)
@@ -494,6 +497,7 @@ class StoreWriter:
         for key in SAMPLE_KEYS.values():
             if key in self._tables:
                 self._be.set_rows(key, mark["samples"])
+        row_stats = self._row_stats.flush(mark["roles"])
         if self.config.durable:
             self._be.sync()
         commit = self._meta["commit"]
@@ -505,6 +509,7 @@ class StoreWriter:
             "samples": int(mark["samples"]),
             "progress": mark["progress"],
             "nonfinite": {k: t.nonfinite for k, t in self._tables.items() if t.logical and t.nonfinite},
+            "row_stats": row_stats,
         }
         self._be.write_meta(seal_metadata(self._meta), durable=self.config.durable)
         self._pending_mark = None

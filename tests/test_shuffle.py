@@ -10,11 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actstore
-from actstore._shuffle import chunk_stream, plan_epoch, resume_split
+from actstore._rowindex import Selection
+from actstore._shuffle import plan_epoch, resume_split
 
 
-def plans(rows: np.ndarray, world: int, **kw: object) -> list:
-    return [plan_epoch(rows, rank=r, world_size=world, **kw) for r in range(world)]  # type: ignore[arg-type]
+def selection(rows: np.ndarray, n: int, cr: int) -> Selection:
+    """The selection of ``rows`` (ascending) of a role of ``n`` rows stored in chunks of ``cr`` rows."""
+    bounds = np.r_[np.arange(0, n, cr), n].astype(np.int64)
+    return Selection.from_ids(bounds, rows)
+
+
+def plans(rows: np.ndarray, world: int, n: int | None = None, **kw: object) -> list:
+    n = int(rows.max(initial=-1)) + 1 if n is None else n
+    sel = selection(rows, n, kw["chunk_rows"])  # type: ignore[arg-type]
+    return [plan_epoch(sel, rank=r, world_size=world, **kw) for r in range(world)]  # type: ignore[arg-type]
 
 
 @settings(max_examples=150, deadline=None)
@@ -26,7 +35,7 @@ def test_every_row_once_across_ranks_workers(n: int, keep: float, cr: int, bs: i
     rows = np.flatnonzero(np.random.default_rng(seed).random(n) < keep)
     kw = {"chunk_rows": cr, "batch_size": bs, "shuffle_chunks": k, "shuffle": shuffle, "seed": seed,
           "epoch": epoch, "drop_last": drop}
-    ps = plans(rows, world, **kw)
+    ps = plans(rows, world, n, **kw)
     counts = [len(p) for p in ps]
     assert len(set(counts)) == 1  # equal batch counts per rank
     seen = []
@@ -50,14 +59,15 @@ def test_every_row_once_across_ranks_workers(n: int, keep: float, cr: int, bs: i
         assert np.array_equal(np.concatenate([p.buffer(i)[p.order(i)] for i in range(p.n_buffers)]),
                               rows[: allr.size])
     # deterministic
-    again = plans(rows, world, **kw)
+    again = plans(rows, world, n, **kw)
     assert all(np.array_equal(a.rows, b.rows) for a, b in zip(ps, again, strict=True))
 
 
 @given(n=st.integers(1, 500), cr=st.sampled_from([8, 32]), seed=st.integers(0, 20))
-def test_chunk_stream_keeps_chunks_whole(n: int, cr: int, seed: int) -> None:
+def test_stream_keeps_chunks_whole(n: int, cr: int, seed: int) -> None:
     rows = np.arange(n) * 3
-    s = chunk_stream(rows, cr, seed, 0, True)
+    s = plans(rows, 1, chunk_rows=cr, batch_size=5, shuffle_chunks=2, shuffle=True, seed=seed, epoch=0,
+              drop_last=False)[0].rows
     assert np.array_equal(np.sort(s), rows)
     c = s // cr
     changes = np.flatnonzero(c[1:] != c[:-1])

@@ -1,0 +1,158 @@
+"""Per-chunk statistics of the row tables: the min and max of every column of each row-table chunk.
+
+Written by the writer with each commit (``rowstats/{role}``, one row per row-table chunk: the minimum of every
+column, then the maximum of every column, int64), so that a reader can skip the chunks a ``step`` / ``sample``
+/ column filter cannot match without reading them. The commit record says how many stats rows are valid
+(``commit.row_stats[role]``); a store without them (written before) is read as before, its statistics computed
+on demand by the reader. See ``docs/format.md``.
+
+Safety argument: a stats row is always computed from the whole chunk buffer of a job the writer writes (the
+rows appended so far, uncommitted ones included). After a rollback or with rows beyond the commit it can only
+describe *more* rows than are committed, so its range is a superset: a filter may read a chunk in vain, never
+skip one that matches. The next job of that chunk makes it exact again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+
+from ._backend import Backend
+from ._codec import BlockCodec
+from ._errors import CorruptStoreError
+from ._format import rows_key
+from ._tables import ChunkJob, Table, encode_chunk
+
+__all__ = ["RowStatsWriter", "chunk_stats", "stats_key"]
+
+_I8 = np.dtype("<i8")
+
+
+def stats_key(role: str) -> str:
+    """Where the per-chunk statistics of a role's row table live."""
+    return f"rowstats/{role}"
+
+
+def chunk_stats(rows_NC: np.ndarray) -> np.ndarray:
+    """One stats row of a chunk's rows: ``[min of each column..., max of each column...]``."""
+    return np.concatenate([rows_NC.min(axis=0), rows_NC.max(axis=0)]).astype(_I8)
+
+
+class RowStatsWriter:
+    """The writer thread's side: observe row-table chunk jobs, write the stats of changed chunks at a commit."""
+
+    def __init__(self, backend: Backend, meta: dict[str, Any], codec_name: str, chunk_rows: int, block_rows: int) -> None:
+        self._be = backend
+        self._meta = meta
+        """The writer's metadata (its ``roles`` grow as roles are declared)."""
+        self._codec_name = codec_name
+        self._chunk_rows = chunk_rows
+        self._block_rows = block_rows
+        self._committed: dict[str, int] = dict(meta["commit"].get("row_stats", {}))
+        """Stats rows on disk and covered by the last commit, per role."""
+        self._dirty: dict[str, dict[int, np.ndarray]] = {}
+        """Stats rows computed since the last commit: role -> {row-table chunk: stats row}."""
+        self._cached: dict[str, tuple[int, np.ndarray]] = {}
+        """The last stats chunk written per role (its index and rows), reused by the next commit."""
+        self._off: set[str] = set()
+        """Roles whose earlier chunks have no stats (a store written before them, resumed): none recorded."""
+        self._created: set[str] = set(self._committed)
+        self._seen: set[str] = set()
+
+    def _role_of(self, key: str) -> str | None:
+        for role in self._meta["roles"]:
+            if rows_key(role) == key:
+                return role
+        return None
+
+    def observe(self, job: ChunkJob) -> None:
+        """Called for every chunk job before it is written; only row-table jobs matter."""
+        if not job.key.startswith("rows/") or job.fill == 0:
+            return
+        role = self._role_of(job.key)
+        if role is None or role in self._off:
+            return
+        if role not in self._seen:
+            self._seen.add(role)
+            if job.chunk > self._committed.get(role, 0):
+                self._off.add(role)  # rows committed before this writer have no stats: left to the reader
+                return
+        self._dirty.setdefault(role, {})[job.chunk] = chunk_stats(job.buf[: job.fill])
+
+    def flush(self, roles: dict[str, int]) -> dict[str, int]:
+        """Write the stats of every changed chunk (before the commit record); return ``commit.row_stats``."""
+        out: dict[str, int] = {}
+        for role, n_rows in roles.items():
+            if role in self._off or role not in self._meta["roles"]:
+                continue
+            n_stats = -(-int(n_rows) // self._chunk_rows)
+            dirty = self._dirty.pop(role, {})
+            if n_stats and max(self._committed.get(role, 0), max(dirty, default=-1) + 1) < n_stats:
+                continue  # some committed chunk was never observed: no valid stats (cannot happen in order)
+            try:
+                if dirty:
+                    self._write(role, dirty)
+                if n_stats:
+                    self._be.set_rows(stats_key(role), n_stats)
+            except CorruptStoreError:  # earlier stats not there (e.g. a copy that did not carry them over)
+                self._off.add(role)  # left to the reader, which computes them
+                continue
+            self._committed[role] = n_stats
+            out[role] = n_stats
+        return out
+
+    # ------------------------------------------------------------------------------------------ writing
+    def _table(self, role: str) -> Table:
+        width = 2 * len(self._meta["roles"][role]["columns"])
+        codec = BlockCodec(self._codec_name, _I8, checksum=self._be.checksums,
+                           block_bytes=self._block_rows * width * _I8.itemsize)
+        return Table(stats_key(role), width, _I8, codec, self._chunk_rows, self._block_rows)
+
+    def _create(self, role: str, table: Table) -> None:
+        if role in self._created:
+            return
+        # HDF5 refuses (ValueError) a dataset that an earlier writer created before it crashed uncommitted
+        with contextlib.suppress(ValueError):
+            self._be.create_array(table.key, table.width, table.dtype, table.codec, self._chunk_rows, self._block_rows)
+        self._created.add(role)
+
+    def _write(self, role: str, dirty: dict[int, np.ndarray]) -> None:
+        table = self._table(role)
+        self._create(role, table)
+        for s in sorted({c // self._chunk_rows for c in dirty}):
+            first = s * self._chunk_rows
+            rows = self._stats_chunk(role, s, table)
+            fill = rows.shape[0]
+            for c, stats in dirty.items():
+                if c // self._chunk_rows == s:
+                    if c - first >= fill:
+                        grown = np.zeros((c - first + 1, table.width), dtype=_I8)
+                        grown[:fill] = rows
+                        rows, fill = grown, c - first + 1
+                    rows[c - first] = stats
+            buf = np.zeros((self._chunk_rows, table.width), dtype=_I8)
+            buf[:fill] = rows
+            job = ChunkJob(table.key, s, buf, fill, [], final=False)
+            self._be.write_chunk(table.key, s, encode_chunk(job, table), durable=False)
+            self._cached[role] = (s, rows)
+
+    def _stats_chunk(self, role: str, s: int, table: Table) -> np.ndarray:
+        """The stats rows of stats chunk ``s`` that earlier commits wrote (empty when none)."""
+        cached = self._cached.get(role)
+        if cached is not None and cached[0] == s:
+            return cached[1].copy()
+        first = s * self._chunk_rows
+        have = min(self._committed.get(role, 0) - first, self._chunk_rows)
+        if have <= 0:
+            return np.zeros((0, table.width), dtype=_I8)
+        blobs = self._be.read_chunk(table.key, s, table.n_blocks)
+        out = np.empty((table.n_blocks * self._block_rows, table.width), dtype=_I8)
+        for b, blob in enumerate(blobs):
+            part = out[b * self._block_rows : (b + 1) * self._block_rows]
+            if blob is None:
+                part[...] = 0
+            else:
+                table.codec.decode(blob, part, where=f"block {b} of chunk {s} of {table.key} in {self._be.path}")
+        return out[:have].copy()

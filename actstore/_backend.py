@@ -23,14 +23,17 @@ import numpy as np
 
 from ._codec import BlockCodec, crc32c, index_size, parse_index, shard_parts, split_shard
 from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError, StoreLockedError
+from ._files import StoreFiles, read_into
 from ._format import META_KEY
 from ._lock import FileLock, lock_error
 
-__all__ = ["BACKENDS", "LOCK_NAME", "ROOT_WAIT", "Backend", "FileLock", "ZarrDirBackend", "create_backend", "detect_backend", "open_backend"]
+__all__ = ["BACKENDS", "LOCK_NAME", "ROOT_WAIT", "Backend", "FileLock", "ZarrDirBackend", "create_backend", "max_chunk_bytes", "detect_backend", "open_backend"]
 
 BACKENDS = ("zarr", "hdf5")
 _H5_SUFFIXES = (".h5", ".hdf5")
 _MAX_META_BYTES = 64 << 20
+_MAX_DOC_BYTES = 1 << 20
+"""Larger than any array or group zarr.json actstore writes (about 1 KiB)."""
 LOCK_NAME = ".actstore.lock"
 ROOT_WAIT = 10.0
 """Seconds a part writer waits for another part that is creating the store root (a brief exclusive hold)."""
@@ -66,13 +69,17 @@ class Backend(ABC):
 
     @abstractmethod
     def read_chunk(
-        self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False
+        self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False, max_bytes: int | None = None
     ) -> list[memoryview | bytes | None]:
         """The encoded blocks of one chunk. With ``scratch`` the views may point into a buffer of the calling
         thread that the thread's next scratch read overwrites (no fresh memory per chunk)."""
 
     @abstractmethod
-    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None: ...
+    def read_block(
+        self, key: str, block: int, n_blocks_per_chunk: int, *, max_bytes: int | None = None
+    ) -> memoryview | bytes | None:
+        """One encoded block (None: absent); ``max_bytes`` bounds the chunk (see ``max_chunk_bytes``) on backends
+        that read chunk files, so a crafted size is refused before it is read."""
 
     @abstractmethod
     def lock(self) -> None:
@@ -132,8 +139,8 @@ class ZarrBackend(Backend):
 
     # -- primitives
     @abstractmethod
-    def _get(self, rel: str) -> bytes | None:
-        """The whole object, or None when absent."""
+    def _get(self, rel: str, limit: int | None = None) -> bytes | None:
+        """The whole object, or None when absent; one larger than ``limit`` is refused before it is read."""
 
     @abstractmethod
     def _get_tail(self, rel: str, n: int) -> tuple[bytes, int] | None:
@@ -155,13 +162,13 @@ class ZarrBackend(Backend):
             group = "/".join(parts[: i + 1])
             if group in self._groups:
                 continue
-            if self._get(f"{group}/zarr.json") is None:
+            if self._get(f"{group}/zarr.json", _MAX_DOC_BYTES) is None:
                 doc = {"zarr_format": 3, "node_type": "group", "attributes": {}}
                 self._put(f"{group}/zarr.json", json.dumps(doc).encode(), durable=False)
             self._groups.add(group)
 
     def read_meta(self) -> Any:
-        raw = self._get("zarr.json")
+        raw = self._get("zarr.json", _MAX_META_BYTES)
         if raw is None:
             raise NotAStoreError(f"{self.path} is not an actstore store: it has no zarr.json")
         if len(raw) > _MAX_META_BYTES:
@@ -192,10 +199,15 @@ class ZarrBackend(Backend):
     def set_rows(self, key: str, n_rows: int) -> None:
         doc = self._shapes.get(key)
         if doc is None:
-            raw = self._get(f"{key}/zarr.json")
+            raw = self._get(f"{key}/zarr.json", _MAX_DOC_BYTES)
             if raw is None:
                 raise CorruptStoreError(f"{self.path} has no array {key!r} although its metadata declares it")
-            doc = self._shapes[key] = json.loads(raw)
+            try:
+                doc = json.loads(raw)
+                doc["shape"][0] += 0
+            except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+                raise CorruptStoreError(f"{self.path}/{key}/zarr.json is not a valid array document: {exc!r}") from None
+            self._shapes[key] = doc
         if doc["shape"][0] != n_rows:
             doc["shape"][0] = n_rows
             self._put(f"{key}/zarr.json", json.dumps(doc, indent=1).encode(), durable=False)
@@ -208,23 +220,26 @@ class ZarrBackend(Backend):
         self._put(self._chunk_key(key, chunk), shard_parts(blocks), durable=durable)
 
     def read_chunk(
-        self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False
+        self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False, max_bytes: int | None = None
     ) -> list[memoryview | bytes | None]:
         where = f"chunk {chunk} of {key} in {self.path}"
-        data = self._get_scratch(self._chunk_key(key, chunk)) if scratch else self._get(self._chunk_key(key, chunk))
+        rel = self._chunk_key(key, chunk)
+        data = self._get_scratch(rel, max_bytes) if scratch else self._get(rel, max_bytes)
         if data is None:
             raise CorruptStoreError(f"{where} is missing although the commit record covers it")
         return list(split_shard(data, n_blocks, where=where))
 
-    def _get_scratch(self, rel: str) -> memoryview | bytes | None:
+    def _get_scratch(self, rel: str, limit: int | None = None) -> memoryview | bytes | None:
         """Like ``_get``, possibly into a per-thread reused buffer."""
-        return self._get(rel)
+        return self._get(rel, limit)
 
     def _size(self, rel: str) -> int | None:
         got = self._get_tail(rel, 1)
         return None if got is None else got[1]
 
-    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
+    def read_block(
+        self, key: str, block: int, n_blocks_per_chunk: int, *, max_bytes: int | None = None
+    ) -> memoryview | bytes | None:
         """A block by two ranged reads (the chunk's index, then the block). A writer may replace the chunk between
         them (a partial chunk grows): then the size differs afterwards and the read starts again."""
         chunk, inner = divmod(block, n_blocks_per_chunk)
@@ -241,6 +256,7 @@ class ZarrBackend(Backend):
             entry = parse_index(tail, n_blocks_per_chunk, size - isize, where=where)[inner]
             if entry is None:
                 return None
+            _check_block_size(entry[1], max_bytes, n_blocks_per_chunk, inner, where)
             data = self._get_range(rel, entry[0], entry[1])
             if self._size(rel) == size and len(data) == entry[1]:
                 return data
@@ -253,6 +269,7 @@ class ZarrDirBackend(ZarrBackend):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(str(path))
         self.root = Path(path)
+        self._files = StoreFiles(path)
         self._lock: FileLock | None = None
         self._root_lock: FileLock | None = None
 
@@ -318,67 +335,55 @@ class ZarrDirBackend(ZarrBackend):
             self._root_lock.release()
             self._root_lock = None
 
-    def _get(self, rel: str) -> bytes | None:
-        try:
-            return (self.root / rel).read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return None
+    def _get(self, rel: str, limit: int | None = None) -> bytes | None:
+        return self._files.read(rel, limit, "this file")
 
-    def _open_or_none(self, rel: str) -> int | None:
-        try:
-            return os.open(self.root / rel, os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+    def _get_scratch(self, rel: str, limit: int | None = None) -> memoryview | bytes | None:
+        got = self._files.open(rel, limit, "a chunk of this array")
+        if got is None:
             return None
-
-    def _get_scratch(self, rel: str) -> memoryview | bytes | None:
-        fd = self._open_or_none(rel)
-        if fd is None:
-            return None
+        fd, size = got
         try:
-            size = os.fstat(fd).st_size
             buf = getattr(_SCRATCH, "buf", None)
             if buf is None or len(buf) < size:
                 buf = _SCRATCH.buf = bytearray(max(size, 1 << 20))
             view = memoryview(buf)[:size]
-            got = 0
-            while got < size:
-                n = os.readv(fd, [view[got:]])
-                if n == 0:
-                    break
-                got += n
-            return view[:got]
+            return view[: read_into(fd, view, 0)]
         finally:
             os.close(fd)
 
     def _get_tail(self, rel: str, n: int) -> tuple[bytes, int] | None:
-        fd = self._open_or_none(rel)
-        if fd is None:
+        got = self._files.open(rel)
+        if got is None:
             return None
+        fd, size = got
         try:
-            size = os.fstat(fd).st_size
             return os.pread(fd, n, max(0, size - n)), size
         finally:
             os.close(fd)
 
     def _get_range(self, rel: str, start: int, n: int) -> bytes:
-        fd = os.open(self.root / rel, os.O_RDONLY)
+        got = self._files.open(rel)
+        if got is None:
+            raise CorruptStoreError(f"{self.root / rel} disappeared while it was read")
         try:
-            return os.pread(fd, n, start)
+            return os.pread(got[0], n, start)
         finally:
-            os.close(fd)
+            os.close(got[0])
 
     @contextlib.contextmanager
-    def _open_chunk(self, key: str, chunk: int, n_blocks: int) -> Iterator[tuple[int, list[tuple[int, int] | None]]]:
+    def _open_chunk(
+        self, key: str, chunk: int, n_blocks: int, max_bytes: int | None = None
+    ) -> Iterator[tuple[int, list[tuple[int, int] | None]]]:
         """An open chunk file and its parsed index. Index and blocks are read through this one descriptor: a
         writer may rename a newer version of the chunk into place meanwhile, and offsets from one version must
         never be applied to the other."""
         where = f"chunk {chunk} of {key} in {self.path}"
+        got = self._files.open(self._chunk_key(key, chunk), max_bytes, "a chunk of this array")
+        if got is None:
+            raise CorruptStoreError(f"{where} is missing although the commit record covers it")
+        fd, size = got
         try:
-            fd = os.open(self.root / self._chunk_key(key, chunk), os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise CorruptStoreError(f"{where} is missing although the commit record covers it") from None
-        try:
-            size = os.fstat(fd).st_size
             isize = index_size(n_blocks)
             if size < isize:
                 raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
@@ -386,11 +391,16 @@ class ZarrDirBackend(ZarrBackend):
         finally:
             os.close(fd)
 
-    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
+    def read_block(
+        self, key: str, block: int, n_blocks_per_chunk: int, *, max_bytes: int | None = None
+    ) -> memoryview | bytes | None:
         chunk, inner = divmod(block, n_blocks_per_chunk)
-        with self._open_chunk(key, chunk, n_blocks_per_chunk) as (fd, entries):
+        with self._open_chunk(key, chunk, n_blocks_per_chunk, max_bytes) as (fd, entries):
             entry = entries[inner]
-            return None if entry is None else os.pread(fd, entry[1], entry[0])
+            if entry is None:
+                return None
+            _check_block_size(entry[1], max_bytes, n_blocks_per_chunk, inner, f"chunk {chunk} of {key} in {self.path}")
+            return os.pread(fd, entry[1], entry[0])
 
     def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> bool:
         """Read a whole chunk of raw (codec ``none``) blocks straight into ``outs`` with one ``preadv``, no
@@ -398,7 +408,7 @@ class ZarrDirBackend(ZarrBackend):
         where = f"chunk {chunk} of {key} in {self.path}"
         step = outs[0].nbytes + (4 if checksum else 0)
         crcs = [bytearray(4) for _ in outs] if checksum else []
-        with self._open_chunk(key, chunk, len(outs)) as (fd, entries):
+        with self._open_chunk(key, chunk, len(outs), index_size(len(outs)) + step * len(outs)) as (fd, entries):
             if any(e != (i * step, step) for i, e in enumerate(entries)):
                 return False
             views: list[Any] = []
@@ -442,6 +452,18 @@ class ZarrDirBackend(ZarrBackend):
 
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def max_chunk_bytes(n_blocks: int, block_bytes: int) -> int:
+    """The most bytes a chunk of ``n_blocks`` blocks of ``block_bytes`` decoded bytes can take: each block encoded
+    no larger than raw plus blosc's 16-byte header and its crc32c (with slack), plus the index."""
+    return n_blocks * (block_bytes + 64) + index_size(n_blocks)
+
+
+def _check_block_size(nbytes: int, max_chunk: int | None, n_blocks: int, inner: int, where: str) -> None:
+    if max_chunk is not None and nbytes > (max_chunk - index_size(n_blocks)) // n_blocks:
+        raise CorruptStoreError(f"block {inner} of {where} is {nbytes} bytes by its index, more than a block of this "
+                                "array can take; refusing to read it")
 
 
 def _write_all(fd: int, parts: list[Any]) -> None:
@@ -512,13 +534,25 @@ def _interrupted_create(root: Path) -> bool:
     return all(p.name == LOCK_NAME or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in root.iterdir())
 
 
+def _store_or_interrupted(root: Path) -> bool:
+    """A store (zarr.json) or what a ``create()`` leaves before its first zarr.json, judged without the lock: a
+    writer may rename its zarr.json into place between two looks, so a listing that is not a leftover is looked at
+    once more for a zarr.json."""
+    names = os.listdir(root)
+    if "zarr.json" in names:
+        return True
+    if all(n == LOCK_NAME or (n.startswith(".") and n.endswith(".tmp")) for n in names):
+        return True
+    return (root / "zarr.json").exists()
+
+
 def _refuse_foreign(root: Path) -> None:
     """``StoreExistsError`` when ``root`` is something ``create`` must not touch: a file, a link, or a directory
     that is neither empty, nor a store, nor what a killed ``create()`` leaves."""
     try:
         if root.is_symlink() or (root.exists() and not root.is_dir()):
             raise StoreExistsError(f"{root} exists and is not a directory; refusing to replace it")
-        if root.is_dir() and not (root / "zarr.json").exists() and not _interrupted_create(root):
+        if root.is_dir() and not _store_or_interrupted(root):
             raise StoreExistsError(f"{root} exists and is not an actstore store; refusing to delete it")
     except StoreExistsError:
         raise

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._backend import Backend
+from ._backend import Backend, ZarrBackend, max_chunk_bytes
 from ._codec import BlockCodec
 from ._errors import CorruptStoreError
 
@@ -101,6 +101,9 @@ class ArrayReader:
         self.per_chunk = chunk_rows // block_rows
         self.n_rows = n_rows
         self.cache = cache
+        block_bytes = block_rows * width * self.dtype.itemsize
+        self._bound = {"max_bytes": max_chunk_bytes(self.per_chunk, block_bytes)} if isinstance(backend, ZarrBackend) else {}
+        """Chunk files are bounded by what their blocks can take: a crafted size is refused before it is read."""
 
     # ------------------------------------------------------------------------------------ primitives
     def _where(self, block: int) -> str:
@@ -115,7 +118,7 @@ class ArrayReader:
         self.codec.decode(blob, out, where=self._where(block))
 
     def _fetch_block(self, block: int, out: np.ndarray) -> None:
-        self._decode(self.backend.read_block(self.key, block, self.per_chunk), block, out)
+        self._decode(self.backend.read_block(self.key, block, self.per_chunk, **self._bound), block, out)
 
     def block(self, block: int) -> np.ndarray:
         """One decoded block (cached)."""
@@ -148,7 +151,7 @@ class ArrayReader:
             outs = [out[i * br : (i + 1) * br] for i in range(self.per_chunk)]
             if raw(self.key, chunk, outs, self.codec.checksum):  # zero-copy: the file lands in ``out``
                 return
-        blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk, scratch=True)
+        blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk, scratch=True, **self._bound)
         if whole:
             for i, blob in enumerate(blobs):
                 self._decode(blob, first + i, out[i * br : (i + 1) * br])
@@ -161,9 +164,17 @@ class ArrayReader:
             out[sel] = tmp[local[sel] - int(b) * br]
 
     # ------------------------------------------------------------------------------------------- reads
+    def _alloc(self, n: int) -> np.ndarray:
+        """The result of a read of ``n`` rows; a count no memory can hold (a forged commit record) is corruption."""
+        try:
+            return np.empty((n, self.width), dtype=self.dtype)
+        except (MemoryError, ValueError):
+            raise CorruptStoreError(f"{self.key} in {self.backend.path}: {n} rows x {self.width} cannot be read into "
+                                    f"memory; the commit record says {self.n_rows} rows, more than any store holds") from None
+
     def read_range(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)``; whole blocks decode straight into the result."""
-        out = np.empty((stop - start, self.width), dtype=self.dtype)
+        out = self._alloc(max(0, stop - start))
         if stop <= start:
             return out
         b0, b1 = start // self.block_rows, (stop - 1) // self.block_rows + 1
@@ -196,10 +207,10 @@ class ArrayReader:
         """Encoded blocks of one chunk: the whole file in one read when many of its blocks are wanted."""
         wanted = list(blocks)
         if len(wanted) * 4 > self.per_chunk:
-            blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk, scratch=True)
+            blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk, scratch=True, **self._bound)
             first = chunk * self.per_chunk
             return {b: blobs[b - first] for b in wanted}
-        return {b: self.backend.read_block(self.key, b, self.per_chunk) for b in wanted}
+        return {b: self.backend.read_block(self.key, b, self.per_chunk, **self._bound) for b in wanted}
 
     def _copy_block(self, data: np.ndarray, b: int, start: int, stop: int, out: np.ndarray) -> None:
         lo = max(start, b * self.block_rows)
@@ -208,7 +219,7 @@ class ArrayReader:
 
     def read_rows(self, idx: np.ndarray) -> np.ndarray:
         """Rows at ``idx`` (any order, repeats allowed, all in range); each touched block is decoded once."""
-        out = np.empty((idx.shape[0], self.width), dtype=self.dtype)
+        out = self._alloc(idx.shape[0])
         if idx.size == 0:
             return out
         blocks = idx // self.block_rows

@@ -109,20 +109,32 @@ def _ensure_meta(
 
 
 def open_parts(root: str, n: int, storage_options: dict[str, Any] | None) -> list[tuple[Backend, dict[str, Any]]]:
-    """The parts that exist so far, in part order, each with its validated metadata."""
-    from ._remote import is_url
-
-    out = []
-    for i in range(n):
-        path = part_path(root, i)
-        if not is_url(path) and not Path(path).exists():
-            continue
-        try:
-            be = open_backend(path, "zarr", writable=False, storage_options=storage_options)
-            meta = validate_metadata(be.read_meta(), path)
-        except FileNotFoundError:  # a part that has not written its root yet
-            continue
-        out.append((be, meta))
+    """All ``n`` parts, in part order, each with its validated metadata. A part without its directory or its
+    ``zarr.json`` is a :class:`CorruptStoreError` (a reader must never see fewer rows than were committed)."""
+    out: list[tuple[Backend, dict[str, Any]]] = []
+    try:
+        for i in range(n):
+            path = part_path(root, i)
+            try:
+                be = open_backend(path, "zarr", writable=False, storage_options=storage_options)
+            except FileNotFoundError:
+                raise CorruptStoreError(
+                    f"part {i} of {n} of {root} is missing ({path} does not exist): its rows cannot be read; if "
+                    "its writer has not started yet, open the store once it has"
+                ) from None
+            try:
+                meta = validate_metadata(be.read_meta(), path)
+            except FileNotFoundError:
+                be.close()
+                raise CorruptStoreError(
+                    f"part {i} of {n} of {root} has no readable zarr.json ({path}): its rows cannot be read; if its "
+                    "writer has only just started, open the store once it has written its first commit"
+                ) from None
+            out.append((be, meta))
+    except BaseException:
+        for be, _ in out:
+            be.close()
+        raise
     return out
 
 

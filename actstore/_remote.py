@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._backend import ZarrBackend
-from ._errors import NotAStoreError, StoreExistsError
+from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError
 
 __all__ = ["ZarrRemoteBackend", "is_url"]
 
@@ -56,7 +56,14 @@ class ZarrRemoteBackend(ZarrBackend):
     def lock(self) -> None:
         """Object stores offer no lock; one writer per store is the caller's contract."""
 
-    def _get(self, rel: str) -> bytes | None:
+    def _get(self, rel: str, limit: int | None = None) -> bytes | None:
+        if limit is not None:
+            size = self._size(rel)
+            if size is None:
+                return None
+            if size > limit:
+                raise CorruptStoreError(f"{self.path}/{rel} is {size} bytes, more than the {limit} bytes it can take; "
+                                        "refusing to read it")
         buf = self._sync(self._store.get(rel, self._proto))
         return None if buf is None else buf.to_bytes()
 

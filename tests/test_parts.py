@@ -68,7 +68,30 @@ def test_part_validation(tmp_path: Path) -> None:
         actstore.create(tmp_path / "a.zarr", part=(0, 3))
     with pytest.raises(SchemaMismatchError, match="zarr backend"):
         actstore.create(tmp_path / "b.h5", part=(0, 2))
+    with pytest.raises(actstore.CorruptStoreError, match="part 1 of 2 .* is missing"):
+        ActStore.open(tmp_path / "a.zarr")  # part 1 never written: an error, not half the rows
+    with actstore.create(tmp_path / "a.zarr", part=(1, 2)):
+        pass
     assert ActStore.open(tmp_path / "a.zarr").roles == []
+
+
+def test_missing_part_is_an_error_not_fewer_rows(tmp_path: Path) -> None:
+    """Deleting a part's zarr.json or its whole directory makes the store unreadable (CorruptStoreError naming the
+    part), where it used to read as a store with half the rows."""
+    import shutil
+
+    path = tmp_path / "p.zarr"
+    for i in range(2):
+        with actstore.create(path, part=(i, 2), chunk_rows=16, block_rows=4) as w:
+            w.append("r", rows={"sample": 10 * i + np.arange(5), "step": np.zeros(5, int), "position": np.zeros(5, int)},
+                     acts={0: np.ones((5, 2), np.float32)})
+    assert len(ActStore.open(path)[0, "r"]) == 10
+    (path / "parts" / "00001" / "zarr.json").unlink()
+    with pytest.raises(actstore.CorruptStoreError, match=r"part 1 of 2 .* no readable zarr.json"):
+        ActStore.open(path)
+    shutil.rmtree(path / "parts" / "00000")
+    with pytest.raises(actstore.CorruptStoreError, match=r"part 0 of 2 .* is missing"):
+        ActStore.open(path)
 
 
 def test_loader_over_parts_reads_every_row_once(tmp_path: Path) -> None:

@@ -73,3 +73,26 @@ def test_report_is_frozen() -> None:
     assert not report.ok and str(report.problems[0]) == "acts/r/0 chunk 3: bad"
     with pytest.raises(AttributeError):
         report.path = "y"  # type: ignore[misc]
+
+
+def test_multi_part_store_verifies_as_one(tmp_path: Path) -> None:
+    """A healthy part 0/2 + 1/2 store is OK (each part checked with its own commit record, tables across parts);
+    damage in one part is reported under that part; a missing part is a problem, not fewer rows."""
+    path = tmp_path / "p.zarr"
+    for i in range(2):
+        with actstore.create(path, part=(i, 2), chunk_rows=16, block_rows=4) as w:
+            ids = 10 * i + np.arange(5)
+            w.append_samples(ids, episode=ids)
+            w.append("r", rows={"sample": np.repeat(ids, 4), "step": np.zeros(20, int), "position": np.zeros(20, int)},
+                     acts={0: torch.randn(20, 8)})
+    report = verify(path)
+    assert report.ok, report.render()
+    assert report.rows["r"] == 40 and report.rows["samples"] == 10
+    chunk = path / "parts" / "00001" / "acts" / "r" / "0" / "c" / "0" / "0"
+    blob = bytearray(chunk.read_bytes())
+    blob[5] ^= 1
+    chunk.write_bytes(bytes(blob))
+    assert [(p.array, p.chunk) for p in verify(path).problems] == [("parts/00001/acts/r/0", 0)]
+    (path / "parts" / "00000" / "zarr.json").unlink()
+    report = verify(path)
+    assert not report.ok and "part 0 of 2" in str(report.problems[0]), report.render()

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._config import ConfigError
 from ._errors import StoreIndexError, UnknownKeyError
 
 __all__ = ["RowIndex", "RowTable", "Selection", "chunk_bounds"]
@@ -281,6 +282,7 @@ class RowIndex:
             return Selection.all(self.bounds)
         found = {name: np.zeros(v.size, dtype=bool) for name, v in vals.items()}
         parts: list[tuple[int, np.ndarray]] = []
+        checked = False  # whether the where predicate was seen to work row by row
         for c in np.flatnonzero(candidates).tolist():
             table = self.chunk(c)
             keep = np.ones(table[self.columns[0]].size, dtype=bool)
@@ -293,6 +295,8 @@ class RowIndex:
                 if extra.dtype != bool or extra.shape != keep.shape:
                     raise StoreIndexError(f"where must give a boolean mask of shape {keep.shape} (one entry per row "
                                           f"of the chunk it is given), got {extra.dtype} {extra.shape}")
+                if not checked and not isinstance(where, _MaskFilter):
+                    checked = _check_row_wise(where, table, extra)
                 keep &= extra
             local = np.flatnonzero(keep)
             if local.size:
@@ -314,6 +318,25 @@ class RowIndex:
                 have = self.distinct(name)
                 shown = have[:10].tolist() + (["..."] if have.size > 10 else [])
             raise UnknownKeyError(f"no {name} {v} for role {self.role!r} in store {self.path}; {name}s are {shown}")
+
+
+def _check_row_wise(where: RowFilter, table: RowTable, whole: np.ndarray) -> bool:
+    """Refuse a ``where`` predicate that is not row by row (an aggregate such as ``r["sample"].max()``), which a
+    chunk-by-chunk evaluation would silently answer differently than one over the whole table: the predicate must
+    give the same mask on the two halves of a chunk as on the whole chunk. True once a chunk of 2+ rows was seen."""
+    n = whole.size
+    if n < 2:
+        return False
+    h = n // 2
+    halves = [np.asarray(where(RowTable({k: v[sl] for k, v in table.items()}, table.what)))
+              for sl in (slice(0, h), slice(h, n))]
+    same = halves[0].shape == (h,) and halves[1].shape == (n - h,) and np.array_equal(np.concatenate(halves), whole)
+    if not same:
+        raise ConfigError("where= must decide each row from that row's own values (e.g. r['position'] < 4): it is "
+                          "evaluated one row-table chunk at a time, and this predicate gave a different answer on "
+                          "half a chunk than on the whole chunk (an aggregate such as r['sample'].max()?); compute "
+                          "such values first (store.rows(role)) and filter with a boolean mask or match=")
+    return True
 
 
 class _MaskFilter:

@@ -120,3 +120,14 @@ def test_balanced_buffers_hold_as_many_chunks(tmp_path: Path) -> None:
     plan = actstore.open(path).loader(0, "decision", batch_size=64, shuffle_chunks=8).plan()
     assert plan.n_buffers == 2 and list(plan.batch_counts()) == [5, 5]
     assert all(np.unique(plan.buffer(i) // 64).size == 5 for i in range(2))
+
+
+def test_where_that_is_not_row_by_row_is_refused(store: actstore.ActStore) -> None:
+    """An aggregate predicate would be answered per chunk, silently unlike over the whole table: refused."""
+    layer = store.layers[0]
+    with pytest.raises(actstore.ConfigError, match="row's own values"):
+        store.select(layer, "decision", where=lambda r: r["sample"] == r["sample"].max())
+    with pytest.raises(actstore.ConfigError, match="row's own values"):
+        store.select(layer, "decision", where=lambda r: np.arange(r["sample"].size) < 3)
+    ok = store.select(layer, "decision", where=lambda r: r["position"] % 2 == 0)  # row by row: fine
+    assert len(ok) == int(np.sum(store.rows("decision")["position"] % 2 == 0))

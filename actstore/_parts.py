@@ -17,7 +17,7 @@ from typing import Any
 from . import _backend
 from ._backend import LOCK_NAME, Backend, ZarrDirBackend, open_backend
 from ._errors import CorruptStoreError, SchemaMismatchError, StoreExistsError, StoreLockedError
-from ._format import new_metadata, validate_metadata
+from ._format import new_metadata, seal_metadata, validate_metadata
 from ._lock import FileLock, lock_error
 
 __all__ = ["ensure_root", "merge_metadata", "parse_part", "part_path"]
@@ -98,7 +98,7 @@ def _ensure_meta(
             return False
         meta = new_metadata(attrs, layout, library)
         meta["parts"] = n
-        be.write_meta(meta, durable=False)
+        be.write_meta(seal_metadata(meta), durable=False)  # the layout and part count are covered by its checksum
     elif meta.get("parts") != n:
         have = meta.get("parts")
         raise SchemaMismatchError(

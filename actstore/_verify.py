@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._arraymeta import check_zarr_array_docs
 from ._backend import Backend, ZarrBackend, ZarrDirBackend, max_chunk_bytes
 from ._codec import BlockCodec
 from ._errors import ActStoreError
@@ -139,6 +140,7 @@ class _Verifier:
         whole: dict[str, list[np.ndarray | None]] = {}
         for be, meta, label in sources:
             self.tables = {}
+            self._check_array_docs(be, meta, label)
             for arr in self._arrays(meta):
                 n += 1
                 self._check_array(arr, be, label)
@@ -166,7 +168,8 @@ class _Verifier:
 
     def _check_array(self, arr: _Array, be: Backend, label: str) -> None:
         name = label + arr.key
-        self._check_zarr_doc(arr, be, name)
+        if isinstance(be, ZarrBackend) and not isinstance(be, ZarrDirBackend):
+            self._check_zarr_doc(arr, be, name)
         keep = arr.dtype == np.dtype("<i8")
         data = np.zeros((arr.n_rows, arr.width), dtype=arr.dtype) if keep else None
         codec = BlockCodec(self.meta["layout"]["codec"], arr.dtype, checksum=be.checksums)
@@ -208,7 +211,20 @@ class _Verifier:
             return list(be.read_chunk(key, chunk, self.per_chunk, max_bytes=bound))
         return [be.read_block(key, chunk * self.per_chunk + i, self.per_chunk) for i in range(needed)]
 
+    def _check_array_docs(self, be: Backend, meta: dict[str, Any], label: str) -> None:
+        """Every field of each array's own metadata against the record: a local Zarr array's zarr.json (what plain
+        zarr-python and tensorstore read by), an HDF5 dataset's shape, dtype, chunks, filter and checksum dataset."""
+        if isinstance(be, ZarrDirBackend):
+            found = check_zarr_array_docs(be.root, meta)
+        elif callable(getattr(be, "check_datasets", None)):
+            found = be.check_datasets(meta)  # type: ignore[attr-defined]
+        else:
+            return
+        for key, message in found:
+            self._problem(label + key, None, message)
+
     def _check_zarr_doc(self, arr: _Array, be: Backend, name: str) -> None:
+        """Remote Zarr stores: the shape of each array's zarr.json covers the committed rows."""
         if not isinstance(be, ZarrBackend):
             return
         try:

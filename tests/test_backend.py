@@ -128,8 +128,7 @@ def _race(tmp_path: Path, trials: int, n_writers: int, name: str, **kw: Any) -> 
     (80, 2, ".zarr", {}),
     (40, 3, ".zarr", {"resume": True}),
     (40, 2, ".zarr", {"overwrite": True}),
-    pytest.param(40, 2, ".h5", {}, marks=pytest.mark.xfail(
-        reason="H5Backend.create (in _h5.py) checks and truncates the file before taking the lock", strict=False)),
+    (40, 2, ".h5", {}),
 ])
 def test_writers_racing_on_a_new_path_exactly_one_wins(
     tmp_path: Path, trials: int, n_writers: int, name: str, kw: dict[str, Any]

@@ -16,9 +16,11 @@ and the reader modules (VmHWM is reset there through ``/proc/self/clear_refs``, 
 - ``epoch``: ``actstore.open`` (time, RSS), time from the open store to the first batch of the default shuffled
   loader (``store.loader(layer, role)``; the epoch plan is built inside), RSS after it, then the peak over the
   whole epoch, and the row-table chunks the loader read (0: an unfiltered epoch needs no row table).
-- ``select``: ``store.select(layer, role, step=3)`` and ``select(..., sample=[10 samples])``: time, RSS and the
-  row-table chunks read (``RowIndex.chunks_read``), against the chunks whose min..max of that column can hold
-  one of the values, computed from the generator's own columns while writing (an independent reference).
+- ``select``: ``store.select(layer, role, step=3)``, ``select(..., sample=[10 samples])`` and
+  ``select(..., match={"position": [0..positions-2]})`` (most rows: what a selection costs while it is built):
+  time, RSS and the row-table chunks read (``RowIndex.chunks_read``), against the chunks whose min..max of that
+  column can hold one of the values, computed from the generator's own columns while writing (an independent
+  reference).
 - ``table`` (the baseline, "old path"): ``store.rows(role)``, the whole row table every epoch plan and every
   select loaded before, then ``np.flatnonzero(rows["step"] == 3)`` (the old select) on it.
 
@@ -154,7 +156,9 @@ def _probe(kind: str, path: str, args: dict[str, Any]) -> dict[str, Any]:
         out["plan_bytes"] = loader.plan().nbytes
     elif kind == "select":
         t0 = time.perf_counter()
-        view = store.select(LAYER, ROLE, **{args["column"]: args["values"]})
+        column, values = args["column"], args["values"]
+        kw = {column: values} if column in ("step", "sample") else {"match": {column: values}}
+        view = store.select(LAYER, ROLE, **kw)
         out["select_s"] = time.perf_counter() - t0
         out["selected_rows"] = len(view)
         out["rss_select"] = grown()
@@ -196,12 +200,13 @@ def measure(path: Path, n_rows: int, layout: Layout, d: int, chunk_rows: int) ->
     s0 = n_samples // 2 // layout.batch_samples * layout.batch_samples + 3
     samples = list(range(s0, min(n_samples, s0 + 10)))
     t0 = time.perf_counter()
-    ref = write_store(path, n_rows, layout, d, chunk_rows, watch={"step": [3], "sample": samples})
+    filters = {"step": [3], "sample": samples, "position": list(range(layout.positions - 1))}
+    ref = write_store(path, n_rows, layout, d, chunk_rows, watch=filters)
     write_s = time.perf_counter() - t0
     res: dict[str, Any] = {"rows": n_rows, "write_s": write_s, "stored_bytes": _du(path)}
     res["epoch"] = run_probe("epoch", path, batch_size=BATCH)
     res["epoch"]["rows_ok"] = res["epoch"]["epoch_rows"] == n_rows
-    for column, values in (("step", [3]), ("sample", samples)):
+    for column, values in filters.items():
         got = run_probe("select", path, column=column, values=values)
         got["values"] = values
         got["chunks_holding"] = int(ref[column][:, 0].sum())
@@ -270,6 +275,7 @@ def slopes(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         return {"new_first_batch": r["epoch"]["rss_first_batch"] / r["rows"],
                 "new_epoch_peak": r["epoch"]["peak_rss"] / r["rows"],
                 "new_select_step_peak": r["select_step"]["peak_rss"] / r["rows"],
+                "new_select_most_rows_peak": r["select_position"]["peak_rss"] / r["rows"],
                 "old_row_table": r["table"]["rss_table"] / r["rows"],
                 "old_row_table_peak": r["table"]["peak_rss"] / r["rows"]}
 
@@ -285,17 +291,25 @@ def slopes(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def print_tables(res: dict[str, Any]) -> None:
     print(f"# scale (d={res['d']} bf16, codec none, chunk_rows={res['chunk_rows']}, batches of {BATCH}, "
           "fresh process per probe, RSS above the post-import baseline)\n")
-    print("| rows | chunks | open | first batch after open | RSS open | RSS first batch | peak RSS epoch | "
-          "epoch | select(step=3) | step chunks read | select(10 samples) | sample chunks read | "
-          "rows(role) (old) | RSS rows(role) (old) |")
-    print("|" + "---|" * 14)
+    print("| rows | chunks | open | first batch after open | RSS after open | RSS after first batch | "
+          "peak RSS over the epoch | epoch | old: rows(role) | old: RSS after rows(role) | old: its peak |")
+    print("|" + "---|" * 11)
     for r in res["sizes"]:
-        e, ss, sp, t = r["epoch"], r["select_step"], r["select_sample"], r["table"]
+        e, t = r["epoch"], r["table"]
         print(f"| {r['rows']:.0e} | {e['n_chunks']} | {e['open_s'] * 1e3:.0f} ms | {e['first_batch_s']:.2f} s | "
               f"{_mb(e['rss_open'])} | {_mb(e['rss_first_batch'])} | {_mb(e['peak_rss'])} | {e['epoch_s']:.1f} s | "
-              f"{ss['select_s']:.2f} s | {ss['chunks_read']}/{ss['n_chunks']} (can match {ss['chunks_minmax_can_match']}) | "
-              f"{sp['select_s']:.3f} s | {sp['chunks_read']}/{sp['n_chunks']} (can match {sp['chunks_minmax_can_match']}) | "
-              f"{t['table_s']:.2f} s | {_mb(t['rss_table'])} |")
+              f"{t['table_s']:.2f} s | {_mb(t['rss_table'])} | {_mb(t['peak_rss'])} |")
+    print("\n| rows | filter | select | row-table chunks read | chunks whose min..max can match | selected rows | "
+          "peak RSS | old: rows(role) + mask (step=3) |")
+    print("|" + "---|" * 8)
+    for r in res["sizes"]:
+        for column in ("step", "sample", "position"):
+            x = r[f"select_{column}"]
+            v = x["values"]
+            label = f"{column}={v[0]}" if len(v) == 1 else f"{column} in [{v[0]}..{v[-1]}]"
+            old = f"{r['table']['old_select_s']:.2f} s" if column == "step" else "-"
+            print(f"| {r['rows']:.0e} | {label} | {x['select_s']:.3f} s | {x['chunks_read']}/{x['n_chunks']} | "
+                  f"{x['chunks_minmax_can_match']} | {x['selected_rows']} | {_mb(x['peak_rss'])} | {old} |")
     print("\n# bytes of RSS growth per row\n")
     print("| " + " | ".join(["where", *next(iter(res["slopes"].values()))]) + " |")
     print("|" + "---|" * (1 + len(next(iter(res["slopes"].values())))))

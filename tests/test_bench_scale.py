@@ -33,7 +33,8 @@ def test_bench_scale_smoke(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     assert {"d", "dtype", "codec", "chunk_rows", "layout", "batch_size", "sizes", "slopes", "mixing"} <= set(res)
     (r,) = res["sizes"]
-    assert set(r) == {"rows", "write_s", "stored_bytes", "epoch", "select_step", "select_sample", "table"}
+    assert set(r) == {"rows", "write_s", "stored_bytes", "epoch", "select_step", "select_sample", "select_position",
+                      "table"}
     assert PROBE_FIELDS | {"first_batch_s", "rss_first_batch", "epoch_s", "epoch_rows", "plan_bytes",
                            "rows_ok"} <= set(r["epoch"])
     assert PROBE_FIELDS | {"table_s", "rss_table", "old_select_s", "selected_rows"} <= set(r["table"])
@@ -42,7 +43,7 @@ def test_bench_scale_smoke(tmp_path: Path) -> None:
     assert r["epoch"]["rows_ok"] and r["epoch"]["epoch_rows"] == r["rows"]
     assert r["epoch"]["chunks_read"] == 0 and r["epoch"]["full_reads"] == 0  # no row table for an epoch
     assert r["table"]["full_reads"] == 1
-    for column in ("step", "sample"):
+    for column in ("step", "sample", "position"):
         s = r[f"select_{column}"]
         assert PROBE_FIELDS | {"select_s", "selected_rows", "rss_select", "values", "chunks_holding",
                                "chunks_minmax_can_match", "fraction_read"} <= set(s)
@@ -52,7 +53,9 @@ def test_bench_scale_smoke(tmp_path: Path) -> None:
     assert r["select_sample"]["chunks_read"] < n_chunks  # the filter skipped chunks
     cols = Layout(**res["layout"]).columns(0, r["rows"])
     assert r["select_step"]["selected_rows"] == r["table"]["selected_rows"] == int(np.sum(cols["step"] == 3))
-    assert r["select_sample"]["selected_rows"] == int(np.isin(cols["sample"], r["select_sample"]["values"]).sum())
+    for column in ("sample", "position"):
+        s = r[f"select_{column}"]
+        assert s["selected_rows"] == int(np.isin(cols[column], s["values"]).sum())
     assert set(res["slopes"]) == {f"at_{r['rows']:.0e}"}
     m = res["mixing"]["samples_of_100_consecutive_rows"]
     assert {"default_loader", "default_loader_last_buffer", "uniform_permutation", "batches_per_buffer"} <= set(m)

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidNameError",
     "NotAStoreError",
     "SchemaMismatchError",
+    "StoreAccessError",
     "StoreClosedError",
     "StoreExistsError",
     "StoreIndexError",
@@ -64,6 +65,11 @@ class CorruptStoreError(ActStoreError, OSError):
 
 class StoreLockedError(ActStoreError, BlockingIOError):
     """Another writer holds the store's lock."""
+
+
+class StoreAccessError(ActStoreError, PermissionError):
+    """The store (or a file of it) cannot be read or written with this process's permissions, or its filesystem
+    is read-only."""
 
 
 class StoreClosedError(ActStoreError, ValueError):

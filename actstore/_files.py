@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-from ._errors import CorruptStoreError
+from ._errors import CorruptStoreError, StoreAccessError
 
 __all__ = ["StoreFiles", "read_error"]
 
@@ -25,12 +25,12 @@ _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _ABSENT = (FileNotFoundError, NotADirectoryError)
 
 
-def read_error(exc: OSError, path: str | os.PathLike[str]) -> CorruptStoreError:
+def read_error(exc: OSError, path: str | os.PathLike[str]) -> CorruptStoreError | StoreAccessError:
     """One-line typed error for an ``OSError`` met reading ``path``."""
     if exc.errno == errno.ELOOP:
         return CorruptStoreError(f"{path} is a symbolic link (or a loop of them); a store holds only regular files")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return CorruptStoreError(f"cannot read {path}: permission denied")
+        return StoreAccessError(f"cannot read {path}: permission denied (check the file's permissions)")
     if exc.errno == errno.EISDIR:
         return CorruptStoreError(f"{path} is a directory where the store holds a file")
     return CorruptStoreError(f"cannot read {path}: {exc.strerror or exc}")

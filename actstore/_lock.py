@@ -23,7 +23,7 @@ import fcntl
 import os
 import time
 
-from ._errors import CorruptStoreError, NotAStoreError, StoreLockedError
+from ._errors import CorruptStoreError, NotAStoreError, StoreAccessError, StoreLockedError
 
 __all__ = ["FileLock", "lock_error"]
 
@@ -35,8 +35,8 @@ def lock_error(exc: OSError, path: str, doing: str) -> Exception:
     """The typed error for an ``OSError`` met while ``doing`` something at ``path`` (one line, naming both)."""
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return CorruptStoreError(f"cannot {doing} {path}: {reason} (check the permissions and that the filesystem "
-                                 "is writable)")
+        return StoreAccessError(f"cannot {doing} {path}: {reason} (check the permissions and that the filesystem "
+                                "is writable)")
     if exc.errno == errno.ENOENT:
         return NotAStoreError(f"cannot {doing} {path}: {reason}")
     if exc.errno == errno.ELOOP:

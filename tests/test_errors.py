@@ -23,6 +23,7 @@ from actstore import _errors
         (actstore.WriterClosedError, RuntimeError),
         (actstore.WriterFailedError, RuntimeError),
         (actstore.StoreClosedError, ValueError),
+        (actstore.StoreAccessError, PermissionError),
         (actstore.ConfigError, ValueError),
     ],
 )

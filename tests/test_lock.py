@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import actstore
-from actstore._lock import FileLock
+from actstore._lock import FileLock, lock_error
 
 
 def test_exclusive_lock_is_removed_on_release(tmp_path: Path) -> None:
@@ -101,3 +102,15 @@ def test_create_refuses_what_is_not_a_store_before_touching_it(tmp_path: Path) -
         with pytest.raises(actstore.NotAStoreError, match="not"):
             actstore.create(target, resume=True)
     assert sorted(p.name for p in plain.iterdir()) == ["data.txt"]
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM, errno.EROFS])
+def test_permission_and_read_only_errors_are_typed(code: int) -> None:
+    """(Tests run as root here, so chmod cannot provoke these: the mapping is checked on the errno itself.)"""
+    err = lock_error(OSError(code, os.strerror(code)), "/x/run.zarr", "create")
+    assert isinstance(err, actstore.StoreAccessError) and isinstance(err, PermissionError)
+    assert "/x/run.zarr" in str(err) and "permissions" in str(err)
+    from actstore._files import read_error
+
+    assert isinstance(read_error(OSError(code, os.strerror(code)), "/x/run.zarr/zarr.json"),
+                      actstore.StoreAccessError if code != errno.EROFS else actstore.ActStoreError)

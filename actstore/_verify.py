@@ -34,6 +34,7 @@ from ._format import (
     schema_arrays,
 )
 from ._reader import ActStore
+from ._rowstats import stats_key
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -161,7 +162,11 @@ class _Verifier:
     # ------------------------------------------------------------------------------------------ arrays
     @staticmethod
     def _arrays(meta: dict[str, Any]) -> list[_Array]:
-        return [_Array(a.key, a.width, a.dtype, n) for a, n in schema_arrays(meta)]
+        out = [_Array(a.key, a.width, a.dtype, n) for a, n in schema_arrays(meta)]
+        for role, n in (meta["commit"].get("row_stats") or {}).items():  # per-chunk row statistics (_rowstats)
+            if role in meta["roles"] and int(n) > 0:
+                out.append(_Array(stats_key(role), 2 * len(meta["roles"][role]["columns"]), np.dtype("<i8"), int(n)))
+        return out
 
     def _problem(self, arr: str | None, chunk: int | None, message: str) -> None:
         self.problems.append(Problem(arr, chunk, message))
@@ -275,6 +280,7 @@ class _Verifier:
             table = self.tables.get(key)
             if table is None:
                 continue
+            self._check_row_stats(role, table)
             sample, step = table[:, 0], table[:, 1]
             low = step < NO_STEP
             if low.any():
@@ -291,6 +297,20 @@ class _Verifier:
                     self._problem(
                         key, None, f"{int(lack.sum())} (sample, step) pairs have no {name!r} conditioning, e.g. {shown}"
                     )
+
+    def _check_row_stats(self, role: str, table: np.ndarray) -> None:
+        """Each stored stats row must cover its row-table chunk's committed rows (a superset after a rollback is
+        fine; a range that leaves a row out would make a filter skip a chunk that matches)."""
+        stats = self.tables.get(stats_key(role))
+        if stats is None or getattr(self.store, "_parts", None):  # parts carry no statistics (computed on read)
+            return
+        c = table.shape[1]
+        for k in range(min(len(stats), -(-len(table) // self.chunk_rows))):
+            rows = table[k * self.chunk_rows:(k + 1) * self.chunk_rows]
+            if (stats[k, :c] > rows.min(axis=0)).any() or (stats[k, c:] < rows.max(axis=0)).any():
+                self._problem(stats_key(role), k,
+                              f"the statistics of row-table chunk {k} do not cover its rows (min/max "
+                              f"{stats[k].tolist()} vs {rows.min(axis=0).tolist()} / {rows.max(axis=0).tolist()})")
 
     def _check_samples(self, key: str, sample: np.ndarray, ids: np.ndarray | None) -> None:
         if ids is None or self.meta.get("samples") is None:

@@ -18,7 +18,7 @@ def test_healthy_store_is_ok(tmp_path: Path, backend: str) -> None:
     path = tmp_path / ("run.zarr" if backend == "zarr" else "run.h5")
     write_store(path, n_samples=7, steps=2)
     report = verify(path)
-    assert report.ok and report.problems == () and report.arrays == 11 and report.chunks >= 11, report.render()
+    assert report.ok and report.problems == () and report.arrays == 13 and report.chunks >= 13, report.render()  # 11 + 2 rowstats
     assert report.rows["samples"] == 7 and report.render()[0].startswith(f"{path}: OK")
 
 
@@ -96,3 +96,20 @@ def test_multi_part_store_verifies_as_one(tmp_path: Path) -> None:
     (path / "parts" / "00000" / "zarr.json").unlink()
     report = verify(path)
     assert not report.ok and "part 0 of 2" in str(report.problems[0]), report.render()
+
+
+
+def test_row_stats_are_verified(tmp_path: Path) -> None:
+    """The per-chunk row statistics (``rowstats/{role}``) are checked like every array: a damaged block of them is
+    a verify problem naming the array (before, verify skipped them)."""
+    path = tmp_path / "s.zarr"
+    write_store(path, n_samples=6)
+    report = verify(path)
+    assert report.ok
+    files = sorted(p for p in (path / "rowstats").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert files, "the writer records per-chunk row statistics"
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 3] ^= 0x10
+    files[0].write_bytes(bytes(data))
+    bad = verify(path)
+    assert not bad.ok and any(p.array and p.array.startswith("rowstats/") for p in bad.problems), bad.problems

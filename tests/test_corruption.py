@@ -36,6 +36,11 @@ PER_KIND = {"zarr": 7, "hdf5": 8}
 """Random cases per file kind (7 kinds on Zarr, 6 on HDF5), plus ``META_BITS`` bits of the record: ~60 each."""
 META_BITS = {"zarr": 11, "hdf5": 12}
 
+_H5_UNTYPED = r"^untyped open/read raised (RuntimeError|OSError): Can't .*(chunk|B-tree)"
+_H5_REASON = ("hdf5 {kind}: damage in an HDF5 chunk B-tree makes h5py raise an untyped RuntimeError / OSError "
+              "(get_chunk_info_by_coord, read_direct_chunk, or the crc32c dataset read) from "
+              "_h5.H5Backend.read_block instead of a CorruptStoreError (verify reports it)")
+
 KNOWN_BAD: dict[tuple[str, str], tuple[str, str]] = {
     ("zarr", "swap_block"): (
         r"^silent\b",
@@ -50,11 +55,8 @@ KNOWN_BAD: dict[tuple[str, str], tuple[str, str]] = {
         "width and dtype, or another chunk of the same array) passes every crc32c and reads as the wrong rows; "
         "verify says OK; needs the chunk bound to its array and position (integrity-storage)",
     ),
-    ("hdf5", "bitflip"): (
-        r"^untyped open/read raised RuntimeError: Can't get storage size of chunk",
-        "hdf5 bitflip: a flip in an HDF5 chunk index (B-tree) makes h5py's get_chunk_info_by_coord raise an "
-        "untyped RuntimeError from _h5.H5Backend.read_block (not a CorruptStoreError)",
-    ),
+    ("hdf5", "bitflip"): (_H5_UNTYPED, _H5_REASON.format(kind="bitflip")),
+    ("hdf5", "zero64"): (_H5_UNTYPED, _H5_REASON.format(kind="zero64")),
 }
 """(backend, kind) -> (regex over ``"<outcome> <detail>"`` that a known BAD case matches, reason)."""
 

@@ -445,14 +445,35 @@ class Result:
         return self.outcome in BAD
 
 
-def _child(p: Pristine, case: Case, work: Path) -> dict[str, Any]:
-    import actstore
-
-    store = work / p.path.name
-    if p.path.is_dir():  # hard links: the reader and verify only read, and _apply replaces what it changes
+def _copy(p: Pristine, store: Path) -> None:
+    """The working copy: hard links to the pristine's files (readers and verify only read, and ``_apply`` writes
+    every changed file anew); an HDF5 file is copied."""
+    if p.path.is_dir():
         shutil.copytree(p.path, store, copy_function=os.link)
     else:
         shutil.copyfile(p.path, store)
+
+
+def _restore(p: Pristine, case: Case, store: Path) -> None:
+    """Undo ``case`` on the working copy, and check that nothing else in it changed (readers never write)."""
+    if not p.path.is_dir():
+        store.unlink(missing_ok=True)
+        shutil.copyfile(p.path, store)
+        return
+    if case.target:
+        (store / case.target).unlink(missing_ok=True)
+        os.link(p.path / case.target, store / case.target)
+    found = {str(f.relative_to(store)) for f in store.rglob("*") if not f.is_dir()}
+    if found != set(p.files):
+        extra, lost = sorted(found - set(p.files)), sorted(set(p.files) - found)
+        shutil.rmtree(store)
+        _copy(p, store)
+        raise RuntimeError(f"case {case} left the store changed: new files {extra[:5]}, missing {lost[:5]}")
+
+
+def _child(p: Pristine, case: Case, store: Path) -> dict[str, Any]:
+    import actstore
+
     _apply(case, store)
     out: dict[str, Any] = {"outcome": None, "detail": ""}
     try:
@@ -484,9 +505,18 @@ def _child(p: Pristine, case: Case, work: Path) -> dict[str, Any]:
 
 
 def run_case(p: Pristine, case: Case, work: Path) -> Result:
-    """Run one case in a forked child (a crash or an unkillable hang is an outcome, not the campaign's end)."""
-    work.mkdir(parents=True, exist_ok=True)
-    case_dir = Path(tempfile.mkdtemp(dir=work))
+    """Run one case in a forked child (a crash or an unkillable hang is an outcome, not the campaign's end) on
+    the working copy under ``work``, restored afterwards."""
+    import hdf5plugin  # noqa: F401  imported before the fork, not once per child
+
+    import actstore._h5  # noqa: F401
+    import actstore._reader  # noqa: F401
+    import actstore._verify  # noqa: F401
+
+    store = work / p.path.name
+    if not store.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        _copy(p, store)
     t0 = time.perf_counter()
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -494,7 +524,7 @@ def run_case(p: Pristine, case: Case, work: Path) -> Result:
         code = 0
         try:
             os.close(rfd)
-            payload = json.dumps(_child(p, case, case_dir), default=str).encode()
+            payload = json.dumps(_child(p, case, store), default=str).encode()
             with os.fdopen(wfd, "wb") as f:
                 f.write(payload)
         except BaseException:
@@ -515,7 +545,7 @@ def run_case(p: Pristine, case: Case, work: Path) -> Result:
                 break
             chunks.append(chunk)
     _, status = os.waitpid(pid, 0)
-    shutil.rmtree(case_dir, ignore_errors=True)
+    _restore(p, case, store)
     seconds = time.perf_counter() - t0
     if not chunks:
         how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}"

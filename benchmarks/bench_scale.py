@@ -33,6 +33,7 @@ whole epoch and over its last buffer.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -139,11 +140,11 @@ def _probe(kind: str, path: str, args: dict[str, Any]) -> dict[str, Any]:
     store = actstore.open(path)
     out["open_s"] = time.perf_counter() - t0
     out["rss_open"] = grown()
-    index = store.index(ROLE)
-    out["n_chunks"] = index.n_chunks
+    index = store.index(ROLE) if hasattr(store, "index") else None  # None: code from before issue 12
+    out["n_chunks"] = -(-store.num_rows(ROLE) // store.meta["layout"]["chunk_rows"])
     if kind == "epoch":
         t0 = time.perf_counter()
-        loader = store.loader(LAYER, ROLE, batch_size=args["batch_size"])
+        loader = store.loader(LAYER, ROLE, batch_size=args["batch_size"], **_filter(args))
         it = iter(loader)
         first = next(it)
         out["first_batch_s"] = time.perf_counter() - t0
@@ -153,12 +154,10 @@ def _probe(kind: str, path: str, args: dict[str, Any]) -> dict[str, Any]:
             rows += int(batch.shape[0])
         out["epoch_s"] = time.perf_counter() - t0
         out["epoch_rows"] = rows
-        out["plan_bytes"] = loader.plan().nbytes
+        out["plan_bytes"] = getattr(loader.plan(), "nbytes", None)
     elif kind == "select":
         t0 = time.perf_counter()
-        column, values = args["column"], args["values"]
-        kw = {column: values} if column in ("step", "sample") else {"match": {column: values}}
-        view = store.select(LAYER, ROLE, **kw)
+        view = store.select(LAYER, ROLE, **_filter(args))
         out["select_s"] = time.perf_counter() - t0
         out["selected_rows"] = len(view)
         out["rss_select"] = grown()
@@ -170,12 +169,26 @@ def _probe(kind: str, path: str, args: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         out["selected_rows"] = int(np.flatnonzero(table["step"] == 3).size)
         out["old_select_s"] = out["table_s"] + time.perf_counter() - t0
+    elif kind == "mixing":
+        loader = store.loader(LAYER, ROLE, batch_size=args["batch_size"], with_rows=True, drop_last=True)
+        out["batches_per_buffer"] = [int(c) for c in loader.plan().batch_counts()]
+        out["per_batch"] = [(*_pair_stats(rows["sample"].numpy()), _pair_stats(rows["step"].numpy())[1])
+                            for _, rows in loader]
     else:
-        raise ValueError(f"unknown probe {kind!r}; valid probes are ['epoch', 'select', 'table']")
+        raise ValueError(f"unknown probe {kind!r}; valid probes are ['epoch', 'select', 'table', 'mixing']")
     out["peak_rss"] = _status("VmHWM") - base
-    out["chunks_read"], out["full_reads"] = index.chunks_read, index.full_reads
+    if index is not None:
+        out["chunks_read"], out["full_reads"] = index.chunks_read, index.full_reads
     store.close()
     return out
+
+
+def _filter(args: dict[str, Any]) -> dict[str, Any]:
+    """``select`` / ``loader`` keywords of a probe's ``column`` / ``values`` (none without them)."""
+    column, values = args.get("column"), args.get("values")
+    if column is None:
+        return {}
+    return {column: values} if column in ("step", "sample") else {"match": {column: values}}
 
 
 def _probe_main() -> None:
@@ -183,19 +196,33 @@ def _probe_main() -> None:
     print(json.dumps(_probe(kind, path, args)))
 
 
-def run_probe(kind: str, path: Path, **args: Any) -> dict[str, Any]:
-    """:func:`_probe` in a fresh Python process."""
+def run_probe(kind: str, path: Path, old: Path | None = None, **args: Any) -> dict[str, Any]:
+    """:func:`_probe` in a fresh Python process; with ``old``, a directory holding the ``actstore`` package of
+    another commit (see :func:`extract_old`), that code is imported instead of this tree's."""
     code = "from benchmarks.bench_scale import _probe_main; _probe_main()"
-    proc = subprocess.run([sys.executable, "-c", code, kind, str(path), json.dumps(args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=3600)
+    env = dict(os.environ)
+    if old is not None:  # the working directory comes first on sys.path: there, ``actstore`` is the old one
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code, kind, str(path), json.dumps(args)], cwd=old or ROOT,
+                          env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode:
         raise RuntimeError(f"probe {kind} on {path} failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def extract_old(commit: str, into: Path) -> Path:
+    """The ``actstore`` package of ``commit`` (``git archive``; the repository is only read) under ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", commit, "actstore"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
 # ------------------------------------------------------------------------------------------------ one size
-def measure(path: Path, n_rows: int, layout: Layout, d: int, chunk_rows: int) -> dict[str, Any]:
-    """Write a store of ``n_rows`` rows and run every probe on it."""
+def measure(path: Path, n_rows: int, layout: Layout, d: int, chunk_rows: int, old: Path | None = None
+            ) -> dict[str, Any]:
+    """Write a store of ``n_rows`` rows and run every probe on it (with ``old``, the epoch and the step select
+    also with the code from before issue 12)."""
     n_samples = -(-n_rows // (layout.steps * layout.positions))
     s0 = n_samples // 2 // layout.batch_samples * layout.batch_samples + 3
     samples = list(range(s0, min(n_samples, s0 + 10)))
@@ -214,6 +241,9 @@ def measure(path: Path, n_rows: int, layout: Layout, d: int, chunk_rows: int) ->
         got["fraction_read"] = got["chunks_read"] / got["n_chunks"]
         res[f"select_{column}"] = got
     res["table"] = run_probe("table", path)
+    if old is not None:
+        res["old_code_epoch"] = run_probe("epoch", path, old, batch_size=BATCH)
+        res["old_code_select_step"] = run_probe("select", path, old, column="step", values=[3])
     return res
 
 
@@ -234,20 +264,20 @@ def _summary(per_batch: list[tuple[int, float, float]]) -> dict[str, float]:
             "same_step_pair_fraction": float(a[:, 2].mean()), "batches": int(a.shape[0])}
 
 
-def mixing(path: Path, n_rows: int, layout: Layout, d: int, chunk_rows: int, sims: int = 3) -> dict[str, Any]:
-    """The default loader's mixing on one store against a simulated uniform permutation of the same rows."""
-    import actstore
-
+def mixing(path: Path, n_rows: int, layout: Layout, d: int, chunk_rows: int, old: Path | None = None,
+           sims: int = 3) -> dict[str, Any]:
+    """The default loader's mixing on one store (and, with ``old``, the code from before issue 12's) against a
+    simulated uniform permutation of the same rows."""
     write_store(path, n_rows, layout, d, chunk_rows)
-    store = actstore.open(path)
-    loader = store.loader(LAYER, ROLE, batch_size=BATCH, with_rows=True, drop_last=True)
-    plan = loader.plan()
-    counts = plan.batch_counts()
-    per_batch = []
-    for _, rows in loader:
-        per_batch.append((*_pair_stats(rows["sample"].numpy()), _pair_stats(rows["step"].numpy())[1]))
-    store.close()
-    last = int(counts[-1])
+    res: dict[str, Any] = {"layout": asdict(layout), "rows": n_rows, "chunks": -(-n_rows // chunk_rows),
+                           "batch_size": BATCH, "shuffle_chunks": 8}
+    for name, code in (("default_loader", None), ("old_code_loader", old)):
+        if name == "default_loader" or old is not None:
+            got = run_probe("mixing", path, code, batch_size=BATCH)
+            counts, per_batch = got["batches_per_buffer"], got["per_batch"]
+            res[f"{name}_batches_per_buffer"] = counts
+            res[name] = _summary(per_batch)
+            res[f"{name}_last_buffer"] = _summary(per_batch[-counts[-1]:])
     rng = np.random.default_rng(0)
     cols = layout.columns(0, n_rows)
     uniform = []
@@ -255,13 +285,8 @@ def mixing(path: Path, n_rows: int, layout: Layout, d: int, chunk_rows: int, sim
         perm = rng.permutation(n_rows)[: n_rows // BATCH * BATCH].reshape(-1, BATCH)
         for ids in perm:
             uniform.append((*_pair_stats(cols["sample"][ids]), _pair_stats(cols["step"][ids])[1]))
-    return {
-        "layout": asdict(layout), "rows": n_rows, "chunks": -(-n_rows // chunk_rows), "batch_size": BATCH,
-        "shuffle_chunks": 8, "buffers": plan.n_buffers, "batches_per_buffer": counts.tolist(),
-        "default_loader": _summary(per_batch),
-        "default_loader_last_buffer": _summary(per_batch[-last:]),
-        "uniform_permutation": _summary(uniform),
-    }
+    res["uniform_permutation"] = _summary(uniform)
+    return res
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -279,12 +304,25 @@ def slopes(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                 "old_row_table": r["table"]["rss_table"] / r["rows"],
                 "old_row_table_peak": r["table"]["peak_rss"] / r["rows"]}
 
-    out = {f"at_{r['rows']:.0e}": per_row(r) for r in results}
+    def old_per_row(r: dict[str, Any]) -> dict[str, float]:
+        if "old_code_epoch" not in r:
+            return {}
+        return {"old_code_first_batch": r["old_code_epoch"]["rss_first_batch"] / r["rows"],
+                "old_code_epoch_peak": r["old_code_epoch"]["peak_rss"] / r["rows"],
+                "old_code_select_step_peak": r["old_code_select_step"]["peak_rss"] / r["rows"]}
+
+    out = {f"at_{r['rows']:.0e}": per_row(r) | old_per_row(r) for r in results}
     if len(results) >= 2:
         a, b = sorted(results, key=lambda r: r["rows"])[-2:]
         pa, pb = per_row(a), per_row(b)
         out["between_largest_two"] = {k: (pb[k] * b["rows"] - pa[k] * a["rows"]) / (b["rows"] - a["rows"])
                                       for k in pa}
+        old = sorted((r for r in results if "old_code_epoch" in r), key=lambda r: r["rows"])[-2:]
+        if len(old) == 2:
+            pa, pb = old_per_row(old[0]), old_per_row(old[1])
+            span = old[1]["rows"] - old[0]["rows"]
+            out["old_code_between_largest_two"] = {k: (pb[k] * old[1]["rows"] - pa[k] * old[0]["rows"]) / span
+                                                   for k in pa}
     return out
 
 
@@ -299,6 +337,11 @@ def print_tables(res: dict[str, Any]) -> None:
         print(f"| {r['rows']:.0e} | {e['n_chunks']} | {e['open_s'] * 1e3:.0f} ms | {e['first_batch_s']:.2f} s | "
               f"{_mb(e['rss_open'])} | {_mb(e['rss_first_batch'])} | {_mb(e['peak_rss'])} | {e['epoch_s']:.1f} s | "
               f"{t['table_s']:.2f} s | {_mb(t['rss_table'])} | {_mb(t['peak_rss'])} |")
+        if "old_code_epoch" in r:
+            o = r["old_code_epoch"]
+            print(f"| {r['rows']:.0e}, old code ({res['old_commit']}) | | {o['open_s'] * 1e3:.0f} ms | "
+                  f"{o['first_batch_s']:.2f} s | {_mb(o['rss_open'])} | {_mb(o['rss_first_batch'])} | "
+                  f"{_mb(o['peak_rss'])} | {o['epoch_s']:.1f} s | | | |")
     print("\n| rows | filter | select | row-table chunks read | chunks whose min..max can match | selected rows | "
           "peak RSS | old: rows(role) + mask (step=3) |")
     print("|" + "---|" * 8)
@@ -310,25 +353,33 @@ def print_tables(res: dict[str, Any]) -> None:
             old = f"{r['table']['old_select_s']:.2f} s" if column == "step" else "-"
             print(f"| {r['rows']:.0e} | {label} | {x['select_s']:.3f} s | {x['chunks_read']}/{x['n_chunks']} | "
                   f"{x['chunks_minmax_can_match']} | {x['selected_rows']} | {_mb(x['peak_rss'])} | {old} |")
+        if "old_code_select_step" in r:
+            o = r["old_code_select_step"]
+            print(f"| {r['rows']:.0e} | step=3, old code ({res['old_commit']}) | {o['select_s']:.3f} s | whole table | "
+                  f"| {o['selected_rows']} | {_mb(o['peak_rss'])} | |")
     print("\n# bytes of RSS growth per row\n")
-    print("| " + " | ".join(["where", *next(iter(res["slopes"].values()))]) + " |")
-    print("|" + "---|" * (1 + len(next(iter(res["slopes"].values())))))
+    keys = list(dict.fromkeys(k for row in res["slopes"].values() for k in row))
+    print("| " + " | ".join(["where", *keys]) + " |")
+    print("|" + "---|" * (1 + len(keys)))
     for where, row in res["slopes"].items():
-        print(f"| {where} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |")
+        print(f"| {where} | " + " | ".join(f"{row[k]:.2f}" if k in row else "" for k in keys) + " |")
     for name, m in res.get("mixing", {}).items():
-        print(f"\n# mixing, {name} ({m['rows']} rows, {m['chunks']} chunks, {m['buffers']} buffers, batches per "
-              f"buffer {m['batches_per_buffer']})\n")
+        print(f"\n# mixing, {name} ({m['rows']} rows, {m['chunks']} chunks, batches per buffer "
+              f"{m['default_loader_batches_per_buffer']}; old code: {m.get('old_code_loader_batches_per_buffer')})\n")
         print("| batches | distinct samples per batch | same-sample pair fraction | same-step pair fraction |")
         print("|---|---|---|---|")
-        for k in ("default_loader", "default_loader_last_buffer", "uniform_permutation"):
+        for k in ("default_loader", "default_loader_last_buffer", "old_code_loader", "old_code_loader_last_buffer",
+                  "uniform_permutation"):
+            if k not in m:
+                continue
             s = m[k]
             print(f"| {k} | {s['distinct_samples_per_batch']:.1f} | {s['same_sample_pair_fraction']:.5f} | "
                   f"{s['same_step_pair_fraction']:.4f} |")
 
 
 def main(smoke: bool = False, sizes: tuple[float, ...] = (1e6, 1e7), d: int = 16, chunk_rows: int = 4096,
-         layout: Layout = Layout(), mixing_chunks: int = 130, no_mixing: bool = False, out: Path | None = None,
-         work_dir: Path | None = None) -> dict[str, Any]:
+         layout: Layout = Layout(), mixing_chunks: int = 130, no_mixing: bool = False, old_commit: str | None = None,
+         old_max_rows: float = 1e7, out: Path | None = None, work_dir: Path | None = None) -> dict[str, Any]:
     """Write a store of each size, measure it in fresh processes, then (unless ``no_mixing``) the loader's mixing.
 
     Args:
@@ -339,6 +390,9 @@ def main(smoke: bool = False, sizes: tuple[float, ...] = (1e6, 1e7), d: int = 16
         layout: order of the capture-like row table.
         mixing_chunks: chunks of the mixing stores (not a multiple of 8: the old plan left a buffer of leftovers).
         no_mixing: skip the mixing measurement.
+        old_commit: also measure the epoch, the step select and the mixing with the ``actstore`` package of this
+            commit (``d953f78``: the last one before issue 12's chunk-by-chunk row tables), in the same run.
+        old_max_rows: run the old code only on stores of at most this many rows (it holds several N-long arrays).
         out: write the results as JSON here.
         work_dir: scratch directory (default: a temporary one); each store is deleted after its probes.
     """
@@ -346,20 +400,22 @@ def main(smoke: bool = False, sizes: tuple[float, ...] = (1e6, 1e7), d: int = 16
         sizes, chunk_rows, mixing_chunks = (30_000,), 1024, 13
     work = Path(tempfile.mkdtemp(prefix="bench_scale_", dir=work_dir))
     res: dict[str, Any] = {"d": d, "dtype": "bfloat16", "codec": "none", "chunk_rows": chunk_rows,
-                           "layout": asdict(layout), "batch_size": BATCH, "sizes": []}
+                           "layout": asdict(layout), "batch_size": BATCH, "old_commit": old_commit, "sizes": []}
     try:
+        old = extract_old(old_commit, work / "old") if old_commit else None
         for n in sorted(int(s) for s in sizes):
             path = work / f"n{n}.zarr"
-            res["sizes"].append(measure(path, n, layout, d, chunk_rows))
+            res["sizes"].append(measure(path, n, layout, d, chunk_rows, old if n <= old_max_rows else None))
             shutil.rmtree(path, ignore_errors=True)
             print(f"measured {n:.0e} rows", file=sys.stderr, flush=True)
         res["slopes"] = slopes(res["sizes"])
         if not no_mixing:
             n_mix = mixing_chunks * chunk_rows
             res["mixing"] = {
-                "samples_of_100_consecutive_rows": mixing(work / "mix_a.zarr", n_mix, Layout(1, 10, 10), d, chunk_rows)}
+                "samples_of_100_consecutive_rows": mixing(work / "mix_a.zarr", n_mix, Layout(1, 10, 10), d, chunk_rows,
+                                                          old)}
             if not smoke:
-                res["mixing"]["capture_order"] = mixing(work / "mix_b.zarr", n_mix, layout, d, chunk_rows)
+                res["mixing"]["capture_order"] = mixing(work / "mix_b.zarr", n_mix, layout, d, chunk_rows, old)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_tables(res)

@@ -58,9 +58,11 @@ def test_bench_scale_smoke(tmp_path: Path) -> None:
         assert s["selected_rows"] == int(np.isin(cols[column], s["values"]).sum())
     assert set(res["slopes"]) == {f"at_{r['rows']:.0e}"}
     m = res["mixing"]["samples_of_100_consecutive_rows"]
-    assert {"default_loader", "default_loader_last_buffer", "uniform_permutation", "batches_per_buffer"} <= set(m)
-    assert sum(m["batches_per_buffer"]) == m["default_loader"]["batches"]
-    assert max(m["batches_per_buffer"]) - min(m["batches_per_buffer"]) <= 1  # balanced: no buffer of leftovers
+    assert {"default_loader", "default_loader_last_buffer", "uniform_permutation",
+            "default_loader_batches_per_buffer"} <= set(m)
+    counts = m["default_loader_batches_per_buffer"]
+    assert sum(counts) == m["default_loader"]["batches"]
+    assert max(counts) - min(counts) <= 1  # balanced: no buffer of leftovers
     assert 0 < m["default_loader"]["distinct_samples_per_batch"] <= m["batch_size"]
 
 

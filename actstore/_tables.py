@@ -141,20 +141,29 @@ class Table:
         self.flushed_fill = rows.shape[0]
 
 
-_SCRATCH = threading.local()
+
+
+_NONFINITE_FROM = {"bfloat16": (np.uint16, np.int16, 0xFF80, 0x7F80), "float16": (np.uint16, np.int16, 0xFC00, 0x7C00),
+                   "float32": (np.uint32, np.int32, 0xFF800000, 0x7F800000)}
+"""Storage dtype -> (unsigned view, signed view, first negative and first positive NaN/Inf bit pattern)."""
 
 
 def count_nonfinite(rows: np.ndarray, logical: str) -> int:
-    """NaN and +-Inf values in storage-dtype rows (bf16 as uint16 bits: exponent all ones)."""
-    if logical == "bfloat16":
-        scratch = getattr(_SCRATCH, "u16", None)
-        if scratch is None or scratch.size < rows.size:
-            scratch = _SCRATCH.u16 = np.empty(rows.size, dtype=np.uint16)  # reused: fresh pages cost here
-        exponent = np.bitwise_and(rows.reshape(-1), 0x7F80, out=scratch[: rows.size])
-        if exponent.max(initial=0) != 0x7F80:  # the common case, about twice as fast as counting
-            return 0
-        return int(np.count_nonzero(exponent == 0x7F80))
-    return int(rows.size - np.count_nonzero(np.isfinite(rows)))
+    """NaN and +-Inf values in storage-dtype rows (bf16 as uint16 bits: exponent all ones).
+
+    The common, all-finite case costs two read-only max reductions and writes nothing: a value is NaN/Inf iff its
+    exponent bits are all ones, i.e. its bit pattern, read as unsigned, is at least the first negative NaN/Inf
+    pattern (0xFF80 for bf16: the top of the unsigned order), or, read as signed, at least the first positive one
+    (0x7F80: the top of the signed order). Only a block that has one is counted exactly."""
+    views = _NONFINITE_FROM.get(logical)
+    if views is None or rows.dtype.itemsize != np.dtype(views[0]).itemsize:
+        return int(rows.size - np.count_nonzero(np.isfinite(rows)))
+    unsigned, signed, neg, pos = views
+    flat = rows.reshape(-1)
+    if flat.size == 0 or (int(flat.view(unsigned).max()) < neg and int(flat.view(signed).max()) < pos):
+        return 0
+    exponent = np.bitwise_and(flat.view(unsigned), pos)
+    return int(np.count_nonzero(exponent == pos))
 
 
 def encode_block(job: ChunkJob, table: Table, block: int) -> list[Buffer] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from actstore._codec import BlockCodec
 from actstore._tables import Table, count_nonfinite, encode_block
@@ -64,3 +65,29 @@ def test_partial_block_counts_are_replaced_not_added() -> None:
     encode_block(job, t, 0)
     encode_block(job, t, 1)
     assert t.nonfinite == 1 + 3 + 12
+
+
+@pytest.mark.parametrize("logical", ["bfloat16", "float16"])
+def test_count_nonfinite_over_every_bit_pattern(logical: str) -> None:
+    """Every 16-bit pattern, alone in a block and all together, against torch's own isfinite on the same bits."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    values = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16 if logical == "bfloat16" else torch.float16)
+    bad = ~torch.isfinite(values.float()).numpy()
+    storage = bits if logical == "bfloat16" else bits.view(np.float16)
+    assert count_nonfinite(storage.reshape(256, 256), logical) == int(bad.sum())
+    for i in np.flatnonzero(bad)[::97].tolist() + np.flatnonzero(~bad)[::997].tolist():
+        block = np.zeros((4, 8), dtype=storage.dtype)
+        block[2, 5] = storage[i]
+        assert count_nonfinite(block, logical) == int(bad[i]), hex(int(bits[i]))
+
+
+def test_count_nonfinite_float32() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    assert count_nonfinite(x, "float32") == 0
+    x[3, 4], x[10, 0], x[63, 31] = np.nan, np.inf, -np.inf
+    x[5, 5] = np.float32(3.4e38)  # the largest finite values stay finite
+    assert count_nonfinite(x, "float32") == 3
+    special = np.array([0x7F800000, 0xFF800000, 0x7FC00001, 0xFFFFFFFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x80000000],
+                       dtype=np.uint32).view(np.float32)
+    assert count_nonfinite(special.reshape(1, -1), "float32") == 4

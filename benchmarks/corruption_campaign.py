@@ -42,6 +42,7 @@ import select
 import shutil
 import signal
 import struct
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -592,8 +593,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # the parent forks a child per case: keep it free of thread pools
-    report: dict[str, Any] = {"command": "python -m benchmarks.corruption_campaign " + " ".join(argv or []),
+    given = sys.argv[1:] if argv is None else argv
+    report: dict[str, Any] = {"command": " ".join(["python -m benchmarks.corruption_campaign", *given]),
                               "seed": args.seed, "codec": args.codec, "hang_s": HANG_S, "backends": {}}
+    out = Path(args.out)
+    if out.exists():  # a run of some backends keeps the other backends' results of the same seed and codec
+        old = json.loads(out.read_text())
+        if (old.get("seed"), old.get("codec")) == (args.seed, args.codec):
+            report["backends"] = {b: v for b, v in old.get("backends", {}).items() if b not in args.backends}
+            report["commands"] = {b: old.get("commands", {}).get(b, old.get("command")) for b in report["backends"]}
+    report.setdefault("commands", {})
     status = 0
     with tempfile.TemporaryDirectory(prefix="corruption-") as tmp:
         for backend in args.backends:
@@ -603,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             results = []
             for i, case in enumerate(cases):
                 results.append(run_case(p, case, Path(tmp) / backend / "cases"))
-                if (i + 1) % 200 == 0:
+                if (i + 1) % 2000 == 0:
                     print(f"{backend}: {i + 1}/{len(cases)} cases, {time.perf_counter() - t0:.0f} s", flush=True)
             if fingerprint(p) != p.digest:
                 raise RuntimeError(f"the pristine {backend} store changed during the campaign: the harness is broken")
@@ -618,14 +627,16 @@ def main(argv: list[str] | None = None) -> int:
                         for r in bad],
                 "verify_only": [{**asdict(r.case), "detail": r.detail, "verify_problems": r.verify_problems}
                                 for r in results if r.outcome == "verify"],
+                "no_effect_verify_flagged": sum(r.outcome == "no_effect" and r.verify_ok is False for r in results),
                 "no_effect_verify_silent": sorted({f"{r.case.kind} {r.case.target}" for r in results
                                                    if r.outcome == "no_effect" and r.verify_ok and r.case.kind != "metabit"}),
                 "error_but_verify_ok": [{**asdict(r.case), "detail": r.detail}
                                         for r in results if r.outcome == "error" and r.verify_ok],
             }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+            report["commands"][backend] = report["command"]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=1) + "\n")  # after each backend: a long run keeps its part
+    print(f"wrote {out}")
     return status
 
 

@@ -56,15 +56,31 @@ class SAEEncoder(nn.Module):
                 self.register_buffer(name, tensors[name].float().contiguous())
         self.d_in, self.d_sae = self.W_enc.shape
 
+    def _pre(self, x_BD: torch.Tensor) -> torch.Tensor:
+        x_BD = x_BD.to(self.W_enc.device)
+        if self.kind == "jumprelu":
+            return torch.addmm(self.b_enc, x_BD.float(), self.W_enc)
+        return torch.addmm(self.b_enc, x_BD - self.b_dec, self.W_enc)  # bf16 - f32 is f32 in one pass
+
     @torch.no_grad()
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
-        x_BD = x_BD.to(self.W_enc.device, torch.float32)
+        pre_BM = self._pre(x_BD)
         if self.kind == "jumprelu":
-            pre_BM = x_BD @ self.W_enc + self.b_enc
             return pre_BM * (pre_BM > self.threshold)
-        pre_BM = torch.relu((x_BD - self.b_dec) @ self.W_enc + self.b_enc)
         vals_BK, idx_BK = pre_BM.topk(int(self.k or 1), dim=-1, sorted=False)
-        return torch.zeros_like(pre_BM).scatter_(-1, idx_BK, vals_BK)
+        return torch.zeros_like(pre_BM).scatter_(-1, idx_BK, vals_BK.relu_())
+
+    @torch.no_grad()
+    def encode_sparse(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The non-zero codes of ``encode(x)`` (bit for bit) as ``(row_N, feature_N, value_N)``, rows ascending;
+        TopK never builds the dense (rows, d_sae) codes."""
+        pre_BM = self._pre(x_BD)
+        if self.kind == "jumprelu":
+            row_N, feat_N = (pre_BM > self.threshold).logical_and_(pre_BM != 0).nonzero(as_tuple=True)
+            return row_N, feat_N, pre_BM[row_N, feat_N]
+        vals_BK, idx_BK = pre_BM.topk(int(self.k or 1), dim=-1, sorted=False)
+        row_N, slot_N = (vals_BK > 0).nonzero(as_tuple=True)
+        return row_N, idx_BK[row_N, slot_N], vals_BK[row_N, slot_N]
 
     def decode(self, z_BM: torch.Tensor) -> torch.Tensor:
         return z_BM @ self.W_dec + self.b_dec
@@ -182,30 +198,59 @@ def _group_index(store: ActStore, role: str, by: tuple[str, ...]) -> tuple[dict[
     return index, values
 
 
-def _update(st: _Stats, z_BM: torch.Tensor, rows_B: torch.Tensor, grp: dict[str, torch.Tensor],
-            hist: tuple[float, float, int]) -> None:
+def _update(st: _Stats, codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor], first_row: int,
+            grp: dict[str, torch.Tensor], hist: tuple[float, float, int]) -> None:
+    """Add one batch's sparse codes (``SAEEncoder.encode_sparse``: row in the batch, feature, non-zero value) to
+    the accumulators. Work is O(non-zero codes) plus O(batch rows), never O(rows x features)."""
     t = st.t
-    M = z_BM.shape[1]
-    fire = z_BM > 0
-    b_idx, f_idx = fire.nonzero(as_tuple=True)
-    vals = z_BM[b_idx, f_idx]
-    t["count"] += fire.sum(0)
-    t["sum"] += z_BM.sum(0, dtype=torch.float64)
-    torch.maximum(t["max"], z_BM.max(0).values, out=t["max"])
-    lo, hi, bins = hist
-    b = ((vals.log10() - lo) * (bins / (hi - lo))).floor().clamp_(0, bins - 1).long()
-    t["hist"].view(-1).index_add_(0, f_idx * bins + b, torch.ones_like(b))
+    row_N, feat_N, val_N = codes
+    m, bins = t["count"].shape[0], hist[2]
+    step_N = grp["step"][row_N]
+    t["sum"].index_add_(0, feat_N, val_N.double())
+    t["sum_by_step"].view(-1).index_add_(0, step_N * m + feat_N, val_N.double())
     for g, gi_B in grp.items():
-        n = t[f"rows_by_{g}"].shape[0]
-        t[f"rows_by_{g}"] += torch.bincount(gi_B, minlength=n)
-        t[f"count_by_{g}"].view(-1).index_add_(0, gi_B[b_idx] * M + f_idx, torch.ones_like(f_idx))
-    t["sum_by_step"].index_add_(0, grp["step"], z_BM.double())
+        t[f"rows_by_{g}"].index_add_(0, gi_B, torch.ones_like(gi_B))
+    fire = val_N > 0  # a JumpReLU with a negative threshold can write negative codes: summed, not counted
+    if not bool(fire.all()):
+        row_N, feat_N, val_N, step_N = row_N[fire], feat_N[fire], val_N[fire], step_N[fire]
+    ones_N = torch.ones_like(feat_N)
+    t["count"].index_add_(0, feat_N, ones_N)
+    t["max"].scatter_reduce_(0, feat_N, val_N, "amax")
+    lo, hi, _ = hist
+    b_N = ((val_N.log10() - lo) * (bins / (hi - lo))).floor_().clamp_(0, bins - 1).long()
+    t["hist"].view(-1).index_add_(0, feat_N * bins + b_N, ones_N)
+    for g, gi_B in grp.items():
+        key_N = step_N if g == "step" else gi_B[row_N]
+        t[f"count_by_{g}"].view(-1).index_add_(0, key_N * m + feat_N, ones_N)
+    _update_top(t, feat_N, val_N, row_N + first_row)
+
+
+def _update_top(t: dict[str, torch.Tensor], feat_N: torch.Tensor, val_N: torch.Tensor, row_N: torch.Tensor) -> None:
+    """Merge candidate (feature, value, row) into ``top_val`` / ``top_row`` (best first; ties keep the earlier
+    row). Only candidates above their feature's running threshold (its k-th best so far) are looked at, so once
+    the tables fill up most batches touch a handful of features."""
     k = t["top_val"].shape[1]
-    cand_val = torch.cat((t["top_val"], z_BM.t()), dim=1)
-    cand_row = torch.cat((t["top_row"], rows_B[None, :].expand(M, -1)), dim=1)
-    val, pos = cand_val.topk(k, dim=1)  # sorted, best first
-    t["top_val"] = val
-    t["top_row"] = torch.where(val > 0, cand_row.gather(1, pos), torch.full_like(pos, -1))
+    keep = val_N > t["top_val"][:, -1][feat_N]
+    if not bool(keep.any()):
+        return
+    feat_N, val_N, row_N = feat_N[keep], val_N[keep], row_N[keep]
+    order = torch.argsort(val_N, descending=True, stable=True)  # best first, then grouped by feature
+    order = order[torch.argsort(feat_N[order], stable=True)]
+    feat_N, val_N, row_N = feat_N[order], val_N[order], row_N[order]
+    feats_U, counts_U = torch.unique_consecutive(feat_N, return_counts=True)
+    slot_U = torch.arange(len(feats_U), device=feat_N.device).repeat_interleave(counts_U)
+    rank_N = torch.arange(len(feat_N), device=feat_N.device) - (counts_U.cumsum(0) - counts_U)[slot_U]
+    best = rank_N < k
+    new_val = torch.zeros(len(feats_U), k, dtype=val_N.dtype, device=val_N.device)
+    new_row = torch.full((len(feats_U), k), -1, dtype=row_N.dtype, device=row_N.device)
+    new_val[slot_U[best], rank_N[best]] = val_N[best]
+    new_row[slot_U[best], rank_N[best]] = row_N[best]
+    cand_val = torch.cat((t["top_val"][feats_U], new_val), dim=1)  # old first: on a tie the earlier row stays
+    cand_row = torch.cat((t["top_row"][feats_U], new_row), dim=1)
+    val, pos = cand_val.sort(dim=1, descending=True, stable=True)
+    val, pos = val[:, :k], pos[:, :k]
+    t["top_val"][feats_U] = val
+    t["top_row"][feats_U] = torch.where(val > 0, cand_row.gather(1, pos), torch.full_like(pos, -1))
 
 
 def _identity(store: ActStore, cfg: FeaturePassConfig, sae_path: Path, sae: SAEEncoder, n_rows: int) -> dict:
@@ -283,9 +328,8 @@ def feature_pass(store: ActStore, sae_path: str | os.PathLike[str], cfg: Feature
             x = nxt.result() if nxt is not None else read(a)
             nxt = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
             b = min(a + batch, n)
-            z = sae.encode(x.to(dev, non_blocking=True))
-            rows = torch.arange(a, b, device=dev)
-            _update(st, z, rows, {g: v[a:b].to(dev) for g, v in gidx_t.items()}, cfg.hist_log10)
+            codes = sae.encode_sparse(x.to(dev, non_blocking=True))
+            _update(st, codes, a, {g: v[a:b].to(dev) for g, v in gidx_t.items()}, cfg.hist_log10)
             done += b - a
             bar.update(b - a)
             if (i + 1) % cfg.checkpoint_every == 0 and b < n:

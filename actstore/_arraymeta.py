@@ -12,25 +12,50 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ._codec import BlockCodec
 from ._format import ArraySpec, schema_arrays
 
-__all__ = ["check_array_doc", "check_zarr_array_docs", "expected_array_doc"]
+__all__ = ["array_doc", "check_array_doc", "check_zarr_array_docs", "expected_array_doc"]
 
 _MAX_DOC_BYTES = 1 << 20
 """Largest array ``zarr.json`` read (ours are under 2 KiB)."""
 
 
+def array_doc(width: int, dtype: np.dtype, codec: BlockCodec, chunk_rows: int, block_rows: int) -> dict[str, Any]:
+    """The zarr.json of one of our arrays: rows x width, sharded into chunks of blocks (see ``_codec``)."""
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [0, width],
+        "data_type": np.dtype(dtype).name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, width]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": [block_rows, width],
+                    "codecs": codec.zarr_codecs(),
+                    "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+                    "index_location": "end",
+                },
+            }
+        ],
+        "attributes": {},
+        "storage_transformers": [],
+    }
+
+
+
 def expected_array_doc(spec: ArraySpec, layout: Mapping[str, Any]) -> dict[str, Any]:
     """The ``zarr.json`` the writer makes for ``spec`` under ``layout`` (shape[0] = 0: rows are checked apart)."""
-    from ._backend import (
-        _array_doc,  # the one home of the document's form; imported late (it imports _format)
-    )
-
     chunk_rows, block_rows = int(layout["chunk_rows"]), int(layout["block_rows"])
     codec = BlockCodec(str(layout["codec"]), spec.dtype, checksum=True,
                        block_bytes=block_rows * spec.width * spec.dtype.itemsize)
-    return _array_doc(spec.width, spec.dtype, codec, chunk_rows, block_rows)
+    return array_doc(spec.width, spec.dtype, codec, chunk_rows, block_rows)
 
 
 def _diff(path: str, got: Any, want: Any) -> str | None:

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._backend import Backend, ZarrBackend, max_chunk_bytes
 from ._codec import BlockCodec
 from ._errors import CorruptStoreError
+from ._storage import Backend, max_chunk_bytes
 
 __all__ = ["ArrayReader", "BlockCache", "decode_pool"]
 
@@ -102,8 +102,9 @@ class ArrayReader:
         self.n_rows = n_rows
         self.cache = cache
         block_bytes = block_rows * width * self.dtype.itemsize
-        self._bound = {"max_bytes": max_chunk_bytes(self.per_chunk, block_bytes)} if isinstance(backend, ZarrBackend) else {}
-        """Chunk files are bounded by what their blocks can take: a crafted size is refused before it is read."""
+        self._bound = {"max_bytes": max_chunk_bytes(self.per_chunk, block_bytes)}
+        """Chunk files are bounded by what their blocks can take: a crafted size is refused before it is read
+        (backends that do not read chunk files ignore it)."""
 
     # ------------------------------------------------------------------------------------ primitives
     def _where(self, block: int) -> str:
@@ -146,10 +147,9 @@ class ArrayReader:
         first, br = chunk * self.per_chunk, self.block_rows
         local = ids - chunk * self.chunk_rows
         whole = local.size == self.chunk_rows and local[0] == 0 and local[-1] == self.chunk_rows - 1
-        raw = getattr(self.backend, "read_raw_blocks", None)
-        if whole and self.codec.name == "none" and raw is not None:
+        if whole and self.codec.name == "none":
             outs = [out[i * br : (i + 1) * br] for i in range(self.per_chunk)]
-            if raw(self.key, chunk, outs, self.codec.checksum):  # zero-copy: the file lands in ``out``
+            if self.backend.read_raw_blocks(self.key, chunk, outs, self.codec.checksum):  # zero-copy into ``out``
                 return
         blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk, scratch=True, **self._bound)
         if whole:

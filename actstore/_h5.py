@@ -12,10 +12,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._backend import Backend, FileLock
 from ._codec import BlockCodec, crc32c
 from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError
 from ._format import META_KEY
+from ._lock import FileLock
+from ._storage import Backend
 
 __all__ = ["CRC_GROUP", "H5Backend"]
 
@@ -190,7 +191,7 @@ class H5Backend(Backend):
                     crc[first + i] = int.from_bytes(crc32c(data), "little")
 
     def read_chunk(
-        self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False
+        self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False, max_bytes: int | None = None
     ) -> list[memoryview | bytes | None]:
         """The blocks of a chunk; those past the dataset's end (it holds exactly the committed rows, checked on
         open by :meth:`check_datasets`) are None."""
@@ -215,6 +216,10 @@ class H5Backend(Backend):
         with self._io:
             self._f.visititems(visit)
         return found
+
+    def check_array_docs(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
+        """Each dataset's shape, dtype, chunks, filter and checksum dataset against the record."""
+        return self.check_datasets(meta)
 
     def check_datasets(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
         """``(key, problem)`` for every dataset that disagrees with the validated record ``meta``: missing, not a
@@ -245,7 +250,9 @@ class H5Backend(Backend):
                                               f"{n} rows, width {spec.width}, {spec.dtype}, {layout})"))
         return out
 
-    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> memoryview | bytes | None:
+    def read_block(
+        self, key: str, block: int, n_blocks_per_chunk: int, *, max_bytes: int | None = None
+    ) -> memoryview | bytes | None:
         with self._io:
             ds = self._dataset(key)
             row = block * ds.chunks[0]

@@ -11,10 +11,13 @@ Object stores have no locks: keep to one writer per store (or per part, see ``cr
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from ._backend import ZarrBackend
-from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError
+from ._arraymeta import check_array_doc
+from ._errors import ActStoreError, CorruptStoreError, NotAStoreError, StoreExistsError
+from ._format import schema_arrays
+from ._zarr import MAX_DOC_BYTES, ZarrBackend
 
 __all__ = ["ZarrRemoteBackend", "is_url"]
 
@@ -96,3 +99,22 @@ class ZarrRemoteBackend(ZarrBackend):
 
     def close(self) -> None:
         self._store.close()
+
+    def check_array_docs(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
+        """Every field of each array's ``zarr.json`` against the record, read with the same bounded reads."""
+        out: list[tuple[str, str]] = []
+        for spec, n_rows in schema_arrays(meta):
+            try:
+                raw = self._get(f"{spec.key}/zarr.json", MAX_DOC_BYTES)
+                if raw is None:
+                    out.append((spec.key, "its zarr.json is missing"))
+                    continue
+                doc = json.loads(raw)
+            except ActStoreError as exc:
+                out.append((spec.key, str(exc)))
+                continue
+            except (ValueError, RecursionError) as exc:
+                out.append((spec.key, f"its zarr.json is not JSON: {exc!r}"))
+                continue
+            out += [(spec.key, problem) for problem in check_array_doc(doc, spec, n_rows, meta["layout"])]
+        return out

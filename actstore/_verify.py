@@ -14,16 +14,12 @@ Leftover temp files of an interrupted write and NaN/Inf counts are reported as n
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._arraymeta import check_zarr_array_docs
-from ._backend import Backend, ZarrBackend, ZarrDirBackend, max_chunk_bytes
 from ._codec import BlockCodec
 from ._errors import ActStoreError
 from ._format import (
@@ -35,12 +31,11 @@ from ._format import (
 )
 from ._reader import ActStore
 from ._rowstats import stats_key
+from ._storage import Backend, max_chunk_bytes
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
 _SHOWN = 5
-_MAX_DOC = 1 << 20
-"""Bytes an array's zarr.json may take (actstore writes about 1 KiB)."""
 """Examples listed per consistency problem."""
 
 
@@ -173,8 +168,6 @@ class _Verifier:
 
     def _check_array(self, arr: _Array, be: Backend, label: str) -> None:
         name = label + arr.key
-        if isinstance(be, ZarrBackend) and not isinstance(be, ZarrDirBackend):
-            self._check_zarr_doc(arr, be, name)
         keep = arr.dtype == np.dtype("<i8")
         data = np.zeros((arr.n_rows, arr.width), dtype=arr.dtype) if keep else None
         codec = BlockCodec(self.meta["layout"]["codec"], arr.dtype, checksum=be.checksums)
@@ -212,46 +205,15 @@ class _Verifier:
             self.tables[arr.key] = None if bad else data
 
     def _blobs(self, be: Backend, key: str, chunk: int, needed: int, bound: int) -> list[Any]:
-        if isinstance(be, ZarrBackend):  # one read, one index check per chunk; a crafted size refused unread
-            return list(be.read_chunk(key, chunk, self.per_chunk, max_bytes=bound))
-        return [be.read_block(key, chunk * self.per_chunk + i, self.per_chunk) for i in range(needed)]
+        # one read and one index check per chunk; a crafted size is refused unread
+        return list(be.read_chunk(key, chunk, self.per_chunk, max_bytes=bound))[:needed]
 
     def _check_array_docs(self, be: Backend, meta: dict[str, Any], label: str) -> None:
-        """Every field of each array's own metadata against the record: a local Zarr array's zarr.json (what plain
-        zarr-python and tensorstore read by), an HDF5 dataset's shape, dtype, chunks, filter and checksum dataset."""
-        if isinstance(be, ZarrDirBackend):
-            found = check_zarr_array_docs(be.root, meta)
-        elif callable(getattr(be, "check_datasets", None)):
-            found = be.check_datasets(meta)  # type: ignore[attr-defined]
-        else:
-            return
-        for key, message in found:
+        """Every field of each array's own metadata against the record (a Zarr array's zarr.json, what plain
+        zarr-python and tensorstore read by; an HDF5 dataset's shape, dtype, chunks, filter and checksum dataset)."""
+        for key, message in be.check_array_docs(meta):
             self._problem(label + key, None, message)
 
-    def _check_zarr_doc(self, arr: _Array, be: Backend, name: str) -> None:
-        """Remote Zarr stores: the shape of each array's zarr.json covers the committed rows."""
-        if not isinstance(be, ZarrBackend):
-            return
-        try:
-            raw = be._get(f"{arr.key}/zarr.json", _MAX_DOC)  # noqa: SLF001 - the backend's bounded, safe read
-            if raw is None:
-                self._problem(name, None, "its zarr.json is missing")
-                return
-            doc = json.loads(raw)
-            rows = int(doc["shape"][0])
-            width = int(doc["shape"][1])
-        except ActStoreError as exc:
-            self._problem(name, None, str(exc))
-            return
-        except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
-            self._problem(name, None, f"its zarr.json is malformed: {exc!r}")
-            return
-        if rows < arr.n_rows:
-            self._problem(name, None, f"zarr.json shape has {rows} rows, fewer than the {arr.n_rows} committed")
-        if width != arr.width:
-            self._problem(name, None, f"zarr.json shape has width {width}, the metadata says {arr.width}")
-
-    # ------------------------------------------------------------------------------------------ tables
     def _check_tables(self) -> None:
         meta = self.meta
         ids: np.ndarray | None = None
@@ -320,10 +282,7 @@ class _Verifier:
             self._problem(key, None, f"{unknown.size} sample ids are not in the samples table, e.g. {unknown[:_SHOWN].tolist()}")
 
     def _check_leftovers(self) -> None:
-        root = getattr(self.be, "root", None)
-        if not isinstance(self.be, ZarrDirBackend) or root is None:
-            return
-        tmp = [p for p in Path(root).rglob(".*.tmp") if p.is_file() and not p.is_symlink()]
+        tmp = self.be.leftover_temp_files()
         if tmp:
             self.notes.append(
                 f"{len(tmp)} temp files of an interrupted write (ignored by readers, safe to delete), e.g. {tmp[0]}"

@@ -4,8 +4,11 @@ load in a real headless Chromium without console errors (skipped when no browser
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -245,13 +248,24 @@ def _browser() -> str | None:
 
 def _load(browser: str, url: str, tmp: Path) -> tuple[str, list[str]]:
     """The DOM after scripts ran, and the console messages logged at level error (Chromium's stderr log)."""
-    proc = subprocess.run(
+    # its own process group: Chromium's helper processes inherit the pipes, so on a timeout the whole group is
+    # killed (killing the main process alone leaves communicate() waiting on the helpers' open pipes forever)
+    proc = subprocess.Popen(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
          f"--user-data-dir={tmp}", "--virtual-time-budget=3000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln]
-    return proc.stdout, console
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{browser} did not finish loading {url} in 120 s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # no helper process outlives the page
+    assert proc.returncode == 0, err[-2000:]
+    console = [ln for ln in err.splitlines() if "CONSOLE" in ln]
+    return out, console
 
 
 @pytest.mark.timeout(300)

@@ -1,10 +1,9 @@
 """Training minibatches from a store: ``ActLoader`` (threads, the fast path) and ``ActDataset`` (for a DataLoader).
 
 Both follow the plan of :mod:`actstore._shuffle`: a random order of whole chunks, then rows shuffled within a
-buffer of ``shuffle_chunks`` chunks. Whole chunks are read and decoded concurrently (the codecs release the GIL)
-straight into one of two reused buffers; while the consumer takes the batches of one buffer, the next buffer is
-decoded into the other (double buffering). A batch is one gather (``np.take(..., out=)``) from the buffer into a
-reused output buffer.
+buffer of ``shuffle_chunks`` chunks. Both hand the plan to :mod:`actstore._pipeline`, which decodes whole chunks
+concurrently into one of two reused buffers while the batches of the other are gathered (double buffering) on a
+background thread. This module holds the user-facing side: options, the selected rows, epochs and resume state.
 
 **Shuffle buffer trade-off.** Rows of one batch come from at most ``shuffle_chunks`` chunks (about
 ``shuffle_chunks * chunk_rows`` consecutive rows of capture). Rows captured together (same sample, same denoising
@@ -18,26 +17,20 @@ permutation's.
 
 from __future__ import annotations
 
-import atexit
 import os
-import queue
-import sys
-import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ._blocks import ArrayReader, decode_pool
+from ._blocks import ArrayReader
 from ._config import ConfigError
 from ._errors import StoreClosedError
-from ._format import DTYPES
 from ._loader_config import LoaderConfig
+from ._pipeline import Batch, Inputs, Work, batches
 from ._rowindex import Selection
 from ._shuffle import EpochPlan, plan_epoch, resume_split
 
@@ -45,10 +38,6 @@ if TYPE_CHECKING:
     from ._reader import ActStore
 
 __all__ = ["ActDataset", "ActLoader", "LoaderConfig"]
-
-Batch = Any
-"""A tensor (one layer), a dict layer -> tensor (several layers), or ``(acts, rows)`` with ``with_rows``."""
-
 
 _STATE_KEYS = ("seed", "shuffle", "batch_size", "shuffle_chunks", "drop_last", "n_rows")
 
@@ -124,228 +113,16 @@ class _Source:
     def columns(self) -> list[str]:
         return self.store.index(self.role).columns
 
-
-# ------------------------------------------------------------------------------------------- reading
-def _fill(readers: list[Any], ids: np.ndarray, bufs: list[np.ndarray]) -> list[Future[None]]:
-    """Start decoding the rows ``ids`` (chunk-contiguous) into ``bufs[layer][:len(ids)]``; one job per chunk."""
-    chunk = readers[0].chunk_index(ids)
-    starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]]) if ids.size else np.zeros(0, np.int64)
-    bounds = np.r_[starts, ids.size]
-    pool = decode_pool()
-    futures = []
-    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        c = int(chunk[a])
-        for reader, buf in zip(readers, bufs, strict=True):
-            futures.append(pool.submit(reader.read_chunk_rows, c, ids[a:b], buf[a:b]))
-    return futures
-
-
-def _wait(futures: list[Future[None]]) -> None:
-    try:
-        for f in futures:
-            f.result()
-    finally:
-        for f in futures:
-            f.cancel()
-
-
-class _Output:
-    """Output buffers of one layer: a ring of reused (optionally pinned) tensors, or fresh ones."""
-
-    def __init__(self, rows: int, width: int, stored: str, out: str, pin: bool, ring: int) -> None:
-        self.rows, self.width, self.stored, self.out, self.pin = rows, width, stored, out, pin
-        self.np_dtype = DTYPES[stored][1]
-        self.ring = [self._new() for _ in range(ring)] if ring else []
-        self.events: list[Any] = [None] * len(self.ring)
-        self.scratch = np.empty((rows, width), dtype=self.np_dtype) if stored != out else None
-
-    def _new(self) -> torch.Tensor:
-        return torch.empty((self.rows, self.width), dtype=DTYPES[self.out][0], pin_memory=self.pin)
-
-    def gather(self, buf: np.ndarray, idx: np.ndarray, slot: int) -> torch.Tensor:
-        n = idx.size
-        if self.ring:
-            ev = self.events[slot]
-            if ev is not None:  # the last device copy from this slot must be done before it is overwritten
-                ev.synchronize()
-                self.events[slot] = None
-            out = self.ring[slot][:n]
-        else:
-            out = self._new()[:n]
-        # torch.index_select: multi-threaded row gather, 5-10x faster than np.take(axis=0) here
-        src = torch.from_numpy(buf.view(np.int16) if self.stored == "bfloat16" else buf)
-        index = torch.from_numpy(idx)
-        if self.scratch is None:
-            torch.index_select(src, 0, index, out=out.view(torch.int16) if self.stored == "bfloat16" else out)
-        else:
-            tmp = torch.from_numpy(self.scratch[:n].view(np.int16) if self.stored == "bfloat16" else self.scratch[:n])
-            torch.index_select(src, 0, index, out=tmp)
-            out.copy_(tmp.view(torch.bfloat16) if self.stored == "bfloat16" else tmp)
-        return out
-
-
-class _Stop(Exception):
-    pass
-
-
-class _Producer:
-    """The background thread of one iteration: a stop flag, the thread, and a clean shutdown.
-
-    Every live producer is registered (weakly) so that interpreter exit stops and joins it *before* Python
-    finalizes: a daemon thread still inside torch or a codec when the interpreter tears down is killed while
-    holding C++ frames, which aborts the process ("terminate called without an active exception", status 134).
-    """
-
-    live: weakref.WeakSet[_Producer] = weakref.WeakSet()
-
-    def __init__(self, target: Callable[[], None], stop: threading.Event) -> None:
-        self.stop = stop
-        self.thread = threading.Thread(target=target, name="actstore-loader", daemon=True)
-        _Producer.live.add(self)
-        self.thread.start()
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Ask the thread to stop and wait for it (not from the thread itself, nor during finalization)."""
-        self.stop.set()
-        if threading.current_thread() is not self.thread and not sys.is_finalizing():
-            self.thread.join(timeout)
-        _Producer.live.discard(self)
-
-
-@atexit.register
-def _shutdown_producers() -> None:
-    """Stop every loader thread still running at interpreter exit (e.g. ``next(iter(loader))`` at top level)."""
-    for producer in list(_Producer.live):
-        producer.stop.set()
-    for producer in list(_Producer.live):
-        producer.shutdown(timeout=30)
-
-
-def _pipeline(
-    src: _Source,
-    cfg: LoaderConfig,
-    plan: EpochPlan,
-    buffer_ids: list[int],
-    skip: int,
-    reuse: bool,
-    bufs: list[list[np.ndarray]] | None,
-) -> Iterator[Batch]:
-    """Yield the batches of ``buffer_ids`` (after skipping ``skip`` of them), prepared on a background thread.
-
-    ``reuse``: host batches come from a ring of output buffers that are overwritten later (zero-copy); else
-    every yielded host batch is a fresh tensor. Batches moved to ``cfg.device`` are always fresh device tensors,
-    so the host ring is used for them regardless (the copy engine reads it before the slot is reused).
-    """
-    readers = list(src.readers)
-    n_layers = len(readers)
-    columns = src.columns if cfg.with_rows else None
-    if columns is not None:  # the batch's row-table entries: decoded with the buffer, never the whole table
-        readers.append(src.row_reader)
-    counts = {i: plan.buffer_batches(i) for i in buffer_ids}
-    todo = list(buffer_ids)
-    while todo and skip >= counts[todo[0]]:
-        skip -= counts[todo.pop(0)]
-    if not todo:
-        return
-    if bufs is None:
-        bufs = [[np.empty((plan.buffer_rows, r.width), dtype=r.dtype) for r in readers[:n_layers]] for _ in range(2)]
-    if columns is not None:
-        bufs = [[*b[:n_layers], np.empty((plan.buffer_rows, len(columns)), dtype=np.int64)] for b in bufs]
-    out_dtype = cfg.dtype
-    device = torch.device(cfg.device) if cfg.device is not None else None
-    ring = cfg.prefetch + 3 if reuse or device is not None else 0
-    outs = [
-        _Output(cfg.batch_size, r.width, name, out_dtype or name, cfg.pin_memory, ring)
-        for r, name in zip(readers[:n_layers], src.dtype_names, strict=True)
-    ]
-    stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
-    q: queue.Queue[Any] = queue.Queue(maxsize=cfg.prefetch)
-    stop = threading.Event()
-
-    def put(item: Any) -> None:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Stop
-
-    def emit(ids: np.ndarray, idx: np.ndarray, slot: int, cur: list[np.ndarray]) -> None:
-        if stop.is_set():
-            raise _Stop
-        acts = [o.gather(buf, idx, slot) for o, buf in zip(outs, cur[:n_layers], strict=True)]
-        event = None
-        if device is not None:
-            if stream is not None:
-                with torch.cuda.stream(stream):
-                    acts_dev = [a.to(device, non_blocking=True) for a in acts]
-                    event = torch.cuda.Event()
-                    event.record(stream)
-                for o in outs:
-                    o.events[slot] = event
-            else:
-                acts_dev = [a.to(device, copy=True) for a in acts]
-            acts = acts_dev
-        result: Any = dict(zip(src.layers, acts, strict=True)) if src.multi else acts[0]
-        if columns is not None:
-            picked = cur[n_layers][idx]
-            result = (result, {k: torch.from_numpy(np.ascontiguousarray(picked[:, j])) for j, k in enumerate(columns)})
-        put((result, event))
-
-    def produce() -> None:
-        pending: list[Future[None]] = []
-        try:
-            slot = 0
-            pending = _fill(readers, plan.buffer(todo[0]), bufs[0])
-            first_skip = skip
-            for j, i in enumerate(todo):
-                _wait(pending)
-                cur = bufs[j % 2]
-                ids = plan.buffer(i)
-                if j + 1 < len(todo) and not stop.is_set():  # decode the next buffer while this one is gathered
-                    pending = _fill(readers, plan.buffer(todo[j + 1]), bufs[(j + 1) % 2])
-                else:
-                    pending = []
-                order = plan.order(i)
-                for k in range(first_skip, counts[i]):
-                    emit(ids, order[k * cfg.batch_size : (k + 1) * cfg.batch_size], slot, cur)
-                    slot = (slot + 1) % max(ring, 1)
-                first_skip = 0
-            _wait(pending)
-            put(None)
-        except _Stop:
-            _wait(pending)  # never leave decode jobs writing into buffers a later iteration reuses
-            return
-        except BaseException as exc:  # re-raised in the consumer, never swallowed
-            try:
-                put(exc)
-            except _Stop:
-                return
-
-    producer = _Producer(produce, stop)
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            result, event = item
-            if event is not None:
-                cur_stream = torch.cuda.current_stream(device)
-                cur_stream.wait_event(event)
-                for t in _tensors(result):
-                    if t.device.type == "cuda":
-                        t.record_stream(cur_stream)
-            yield result
-    finally:
-        producer.shutdown()
-
-
-def _tensors(result: Any) -> list[torch.Tensor]:
-    acts = result[0] if isinstance(result, tuple) else result
-    return list(acts.values()) if isinstance(acts, dict) else [acts]
+    def inputs(self, with_rows: bool) -> Inputs:
+        """What an iteration reads (opens the store again in a new process); with the row table if ``with_rows``."""
+        return Inputs(
+            layers=tuple(self.layers),
+            readers=tuple(self.readers),
+            dtype_names=tuple(self.dtype_names),
+            multi=self.multi,
+            row_reader=self.row_reader if with_rows else None,
+            columns=tuple(self.columns) if with_rows else (),
+        )
 
 
 def _config(config: LoaderConfig | None, overrides: dict[str, Any]) -> LoaderConfig:
@@ -499,10 +276,8 @@ class ActLoader(_Base):
         return self._epoch(plan)
 
     def _epoch(self, plan: EpochPlan) -> Iterator[Batch]:
-        pipe = _pipeline(
-            self._src, self.config, plan, list(range(plan.n_buffers)), self.batch, self.config.reuse_buffers,
-            self._bufs,
-        )
+        work = Work(plan, tuple(range(plan.n_buffers)), skip=self.batch, reuse=self.config.reuse_buffers)
+        pipe = batches(self._src.inputs(self.config.with_rows), self.config, work, self._bufs)
         self._pipes.add(pipe)
         try:
             for batch in pipe:
@@ -559,5 +334,5 @@ class ActDataset(_Base, IterableDataset):  # type: ignore[misc]
                 return
             worker = roles[worker]
             skip = int(skips[worker])
-        buffers = list(range(worker, plan.n_buffers, n_workers))
-        yield from _pipeline(self._src, self.config, plan, buffers, skip, False, None)
+        work = Work(plan, tuple(range(worker, plan.n_buffers, n_workers)), skip=skip)
+        yield from batches(self._src.inputs(self.config.with_rows), self.config, work)

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from ._backend import Backend
+from ._chunks import ChunkBuffer, ChunkJob, encode_chunk
 from ._codec import BlockCodec
 from ._errors import CorruptStoreError
 from ._format import rows_key
-from ._tables import ChunkJob, Table, encode_chunk
 
 __all__ = ["RowStatsWriter", "chunk_stats", "stats_key"]
 
@@ -104,13 +104,13 @@ class RowStatsWriter:
         return out
 
     # ------------------------------------------------------------------------------------------ writing
-    def _table(self, role: str) -> Table:
+    def _buffer(self, role: str) -> ChunkBuffer:
         width = 2 * len(self._meta["roles"][role]["columns"])
         codec = BlockCodec(self._codec_name, _I8, checksum=self._be.checksums,
                            block_bytes=self._block_rows * width * _I8.itemsize)
-        return Table(stats_key(role), width, _I8, codec, self._chunk_rows, self._block_rows)
+        return ChunkBuffer(stats_key(role), width, _I8, codec, self._chunk_rows, self._block_rows)
 
-    def _create(self, role: str, table: Table) -> None:
+    def _create(self, role: str, table: ChunkBuffer) -> None:
         if role in self._created:
             return
         # HDF5 refuses (ValueError) a dataset that an earlier writer created before it crashed uncommitted
@@ -119,7 +119,7 @@ class RowStatsWriter:
         self._created.add(role)
 
     def _write(self, role: str, dirty: dict[int, np.ndarray]) -> None:
-        table = self._table(role)
+        table = self._buffer(role)
         self._create(role, table)
         for s in sorted({c // self._chunk_rows for c in dirty}):
             first = s * self._chunk_rows
@@ -138,7 +138,7 @@ class RowStatsWriter:
             self._be.write_chunk(table.key, s, encode_chunk(job, table), durable=False)
             self._cached[role] = (s, rows)
 
-    def _stats_chunk(self, role: str, s: int, table: Table) -> np.ndarray:
+    def _stats_chunk(self, role: str, s: int, table: ChunkBuffer) -> np.ndarray:
         """The stats rows of stats chunk ``s`` that earlier commits wrote (empty when none)."""
         cached = self._cached.get(role)
         if cached is not None and cached[0] == s:

@@ -1,10 +1,10 @@
-"""``StoreWriter``: appends from the caller's thread, compresses and writes on a background thread.
+"""``StoreWriter``: the producer side of a store's writer, on the caller's thread.
 
-Commit semantics: data becomes visible to readers (and to a resumed writer) only through the commit record in
-the root metadata. A commit is written at a *mark* (every append when ``autocommit``, else every ``commit()``),
-at most every ``commit_interval_s``, after every chunk holding the marked rows is on disk; a partly filled chunk
-is written whole (rewritten later as it grows, each time atomically). A crash therefore leaves the last commit
-intact; rows after it are ignored and overwritten on resume.
+Each public method checks its input against the schema declared so far (refusing what would be stored wrong),
+updates the producer's row counts and puts one message (:mod:`actstore._messages`) on a queue bounded by bytes
+(backpressure). The writer thread (:mod:`actstore._write_thread`) compresses, writes and commits; its first
+failure is re-raised, as :class:`WriterFailedError`, by the next call or by ``close()``. See
+:mod:`actstore._write_thread` for what a commit makes visible.
 """
 
 from __future__ import annotations
@@ -13,20 +13,16 @@ import atexit
 import contextlib
 import copy
 import json
-import os
 import threading
-import time
 import warnings
 import weakref
-from collections import deque
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ._backend import Backend
-from ._codec import BlockCodec
+from ._chunks import count_nonfinite
 from ._config import StoreConfig
 from ._create import create
 from ._errors import SchemaMismatchError, WriterClosedError, WriterFailedError
@@ -35,18 +31,13 @@ from ._format import (
     ROW_COLUMNS,
     SAMPLE_KEYS,
     acts_key,
-    arrays_of,
     check_name,
-    committed_rows,
     cond_acts_key,
     cond_rows_key,
-    now_iso,
     rows_key,
-    schema_arrays,
-    seal_metadata,
 )
+from ._messages import Append, Close, Commit, Declare, Done, Flush, Mark, Rollback
 from ._queue import ByteQueue
-from ._rowstats import RowStatsWriter
 from ._schema import (
     as_index_column,
     as_int_matrix,
@@ -56,11 +47,9 @@ from ._schema import (
     pad_to,
     row_matrix,
 )
-from ._tables import ChunkJob, Table, count_nonfinite, encode_chunk, read_rows
+from ._write_thread import WriterThread
 
 __all__ = ["StoreWriter", "create"]
-
-Done = Callable[[], None] | None
 
 
 _OPEN: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
@@ -87,18 +76,11 @@ class StoreWriter:
         self.path = backend.path
         self.config = config
         self._be = backend
-        self._meta = meta
         layout = meta["layout"]
-        self._chunk_rows = int(layout["chunk_rows"])
-        self._block_rows = int(layout["block_rows"])
-        self._codec_name = str(layout["codec"])
         requested = (config.codec, config.chunk_rows, config.blocks)
         defaults = StoreConfig()
-        if resumed and requested != (self._codec_name, self._chunk_rows, self._block_rows) and requested != (
-            defaults.codec,
-            defaults.chunk_rows,
-            defaults.blocks,
-        ):
+        stored = (str(layout["codec"]), int(layout["chunk_rows"]), int(layout["block_rows"]))
+        if resumed and requested != stored and requested != (defaults.codec, defaults.chunk_rows, defaults.blocks):
             warnings.warn(
                 f"resuming {self.path}: keeping its layout {layout}, not the requested codec/chunking",
                 stacklevel=3,
@@ -106,31 +88,20 @@ class StoreWriter:
         self._schema: dict[str, Any] = copy.deepcopy(
             {"roles": meta["roles"], "conds": meta["conds"], "samples": meta["samples"]}
         )
-        """Producer-side schema (the writer thread's ``_meta`` catches up through ``declare`` items)."""
+        """Producer-side schema (the writer thread's record catches up through ``Declare`` messages)."""
         commit = meta["commit"]
-        # producer-side view of what is appended (validated synchronously)
-        self._counts: dict[str, Any] = _counts_of(commit)
+        self._counts: dict[str, Any] = _counts_of(Mark.of(commit))
         """Rows appended so far, shaped like a commit record: ``roles`` / ``conds`` by name, ``samples``."""
         self._progress: dict[str, Any] | None = commit.get("progress")
         self.committed_progress: dict[str, Any] | None = commit.get("progress")
         """The ``progress`` of the last commit when the store was opened (resume from there)."""
-        self._last_mark: dict[str, Any] = self._snapshot()
-        self._sample_ids: set[int] = set()
+        self._last_mark = self._snapshot()
         self._new_ids: list[int] = []
         """Sample ids appended since the last mark (forgotten again by ``rollback``)."""
-        # writer-thread state
-        self._tables: dict[str, Table] = {}
-        self._row_stats = RowStatsWriter(backend, meta, self._codec_name, self._chunk_rows, self._block_rows)
-        self._pool = ThreadPoolExecutor(max_workers=config.threads or os.cpu_count() or 2, thread_name_prefix="actstore-enc")
-        self._inflight: deque[Future[None]] = deque()
-        self._pending_mark: dict[str, Any] | None = None
-        self._last_commit = time.monotonic()
-        self._error: BaseException | None = None
         self._closed = False
         self._queue = ByteQueue(config.queue_bytes)
-        if resumed:
-            self._load_resume_state()
-        self._thread = threading.Thread(target=self._run, name="actstore-writer", daemon=True)
+        self._thread = WriterThread(backend, meta, config, self._queue, resumed=resumed)
+        self._sample_ids: set[int] = set(self._thread.committed_sample_ids())
         self._thread.start()
         _OPEN.add(self)
 
@@ -183,7 +154,7 @@ class StoreWriter:
         if spec is None:
             new_layers.sort(key=lambda e: natural(str(e["layer"])))
             self._declare("role", role, {"columns": columns, "layers": new_layers})
-        self._put(("append", [(rows_key(role), mat), *arrays], done), ("roles", role), n)
+        self._put(Append(((rows_key(role), mat), *arrays), done), ("roles", role), n)
 
     def append_cond(self, name: str, rows: Mapping[str, Any], acts: Any, *, done: Done = None) -> None:
         """Append conditioning vectors (e.g. ``adarms``), one row per (sample, step)."""
@@ -197,7 +168,7 @@ class StoreWriter:
         mat, _ = row_matrix(rows, arr.shape[0], list(COND_COLUMNS), COND_COLUMNS, f"cond {name!r}")
         if spec is None:
             self._declare("cond", name, {"d": int(arr.shape[1]), "dtype": dtype})
-        self._put(("append", [(cond_rows_key(name), mat), (cond_acts_key(name), arr)], done), ("conds", name), arr.shape[0])
+        self._put(Append(((cond_rows_key(name), mat), (cond_acts_key(name), arr)), done), ("conds", name), arr.shape[0])
 
     def append_samples(
         self,
@@ -251,7 +222,7 @@ class StoreWriter:
         new = [int(s) for s in ids]
         self._sample_ids.update(new)
         self._new_ids.extend(new)
-        self._put(("append", arrays, None), ("samples", None), n)
+        self._put(Append(tuple(arrays)), ("samples", None), n)
 
     def commit(self, progress: Mapping[str, Any] | None = None) -> None:
         """Mark a consistent point; everything appended so far becomes visible together (within the interval)."""
@@ -271,35 +242,34 @@ class StoreWriter:
         self._counts = _counts_of(snap)
         self._sample_ids.difference_update(self._new_ids)
         self._new_ids.clear()
-        self._progress = snap["progress"]
-        self._queue.put(("rollback", snap, None), 0, self._failed)
+        self._progress = snap.progress
+        self._queue.put(Rollback(snap), 0, self._failed)
         self._raise_if_failed()
-
-    def _mark(self) -> None:
-        self._last_mark = self._snapshot()
-        self._new_ids.clear()
-        self._queue.put(("mark", self._last_mark, None), 0, self._failed)
 
     def flush(self) -> None:
         """Commit everything appended so far now and wait until it is on disk."""
         self._check_open()
         event = threading.Event()
-        self._queue.put(("flush", self._snapshot(), event), 0, self._failed)
+        self._queue.put(Flush(self._snapshot(), event), 0, self._failed)
         while not event.wait(0.1):
-            if not self._thread.is_alive():
-                break
+            if not self._thread.is_alive() or self._thread.error is not None:
+                break  # a failed writer thread skips the flush: raised below
         self._raise_if_failed()
 
     def close(self, *, commit_pending: bool = True) -> None:
+        """Write the last partial chunks and the final commit, wait for the writer thread, release the store.
+
+        The final commit holds everything appended, or with ``commit_pending=False`` only what the last
+        ``commit()`` marked (leaving a ``with`` block by an exception does that unless ``autocommit``). A failure of
+        the writer thread is raised as :class:`WriterFailedError` (the store then holds its last good commit); a
+        :class:`RuntimeWarning` names the arrays that hold NaN/Inf values. Calling it again does nothing.
+        """
         _OPEN.discard(self)
-        """Flush the last partial chunks, write the final commit and release the store. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        final = self._snapshot() if commit_pending else None
-        self._queue.put(("close", final, None), 0, lambda: None)
+        self._queue.put(Close(self._snapshot() if commit_pending else None), 0, lambda: None)
         self._thread.join()
-        self._pool.shutdown(wait=True)
         self._be.close()
         self._raise_if_failed()
         bad = self.nonfinite
@@ -309,7 +279,7 @@ class StoreWriter:
     @property
     def nonfinite(self) -> dict[str, int]:
         """NaN/Inf values counted so far per array (``nonfinite="count"``), as of the last commit."""
-        return dict(self._meta["commit"].get("nonfinite", {}))
+        return self._thread.nonfinite
 
     # ----------------------------------------------------------------------------------- producer helpers
     def _check_finite(self, arr: np.ndarray, dtype: str, what: str) -> None:
@@ -328,25 +298,35 @@ class StoreWriter:
         self._raise_if_failed()
 
     def _failed(self) -> BaseException | None:
-        return self._error
+        return self._thread.error
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise WriterFailedError(f"the background writer of {self.path} failed: {self._error!r}") from self._error
+        error = self._thread.error
+        if error is not None:
+            raise WriterFailedError(f"the background writer of {self.path} failed: {error!r}") from error
 
-    def _snapshot(self) -> dict[str, Any]:
-        return {**_counts_of(self._counts), "progress": self._progress}
+    def _snapshot(self) -> Mark:
+        """The rows appended so far and the current progress."""
+        counts = self._counts
+        return Mark(dict(counts["roles"]), dict(counts["conds"]), int(counts["samples"]), self._progress)
+
+    def _mark(self) -> None:
+        """A consistent point: the rollback target, committed by the writer thread within the interval."""
+        self._last_mark = self._snapshot()
+        self._new_ids.clear()
+        self._queue.put(Commit(self._last_mark), 0, self._failed)
 
     def _declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
-        self._queue.put(("declare", (kind, name, copy.deepcopy(spec)), None), 0, self._failed)
+        """Tell the writer thread about a new role / cond / samples table (a copy of ``spec``) and remember it."""
+        self._queue.put(Declare(kind, name, copy.deepcopy(spec)), 0, self._failed)
         if kind == "samples":
             self._schema["samples"] = spec
         else:
             self._schema[f"{kind}s"][name] = spec
 
-    def _put(self, item: tuple[str, Any, Any], group: tuple[str, str | None], n: int) -> None:
-        nbytes = sum(a.nbytes for _, a in item[1])
-        self._queue.put(item, nbytes, self._failed)
+    def _put(self, message: Append, group: tuple[str, str | None], n: int) -> None:
+        """Queue ``message`` (waiting while the queue holds ``queue_bytes``) and count its ``n`` rows."""
+        self._queue.put(message, sum(a.nbytes for _, a in message.arrays), self._failed)
         self._raise_if_failed()
         kind, name = group
         if name is None:
@@ -356,181 +336,7 @@ class StoreWriter:
         if self.config.autocommit:
             self._mark()
 
-    # ------------------------------------------------------------------------------- writer-thread side
-    def _run(self) -> None:
-        while True:
-            wait = None
-            if self._pending_mark is not None:
-                wait = max(0.0, self.config.commit_interval_s - (time.monotonic() - self._last_commit))
-            got = self._queue.get(wait)
-            if got is None:
-                self._guard(self._commit_pending)
-                continue
-            (kind, payload, extra), nbytes = got
-            if self._error is not None:
-                self._queue.release(nbytes)
-                if kind == "close":
-                    return
-                if kind == "flush":
-                    extra.set()
-                continue
-            if kind == "append":
-                self._guard(self._do_append, payload, extra)
-            elif kind == "declare":
-                self._guard(self._do_declare, *payload)
-            elif kind == "rollback":
-                self._guard(self._do_rollback, payload)
-            elif kind == "mark":
-                self._pending_mark = payload
-                if time.monotonic() - self._last_commit >= self.config.commit_interval_s:
-                    self._guard(self._commit_pending)
-            elif kind == "flush":
-                self._pending_mark = payload
-                self._guard(self._commit_pending)
-                extra.set()
-            elif kind == "close":
-                if payload is not None:
-                    self._pending_mark = payload
-                self._guard(self._commit_pending)
-                self._guard(self._drain)
-                return
-            self._queue.release(nbytes)
 
-    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._error is not None:
-            return
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - kept and re-raised on the caller's thread
-            self._error = exc
-
-    def _do_declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
-        if kind == "samples":
-            self._meta["samples"] = spec
-        else:
-            self._meta[f"{kind}s"][name] = spec
-        for a in arrays_of(kind, name, spec):
-            self._add_table(a.key, a.width, a.dtype, a.logical)
-
-    def _table(self, key: str, width: int, dtype: np.dtype, logical: str | None = None) -> Table:
-        dtype = np.dtype(dtype)
-        codec = BlockCodec(self._codec_name, dtype, checksum=self._be.checksums,
-                           block_bytes=self._block_rows * width * dtype.itemsize)
-        if self.config.nonfinite == "allow":
-            logical = None
-        table = Table(key, width, np.dtype(dtype), codec, self._chunk_rows, self._block_rows, logical=logical)
-        table.nonfinite_full = int(self._meta["commit"].get("nonfinite", {}).get(key, 0))
-        return table
-
-    def _add_table(self, key: str, width: int, dtype: np.dtype, logical: str | None = None) -> None:
-        table = self._table(key, width, dtype, logical)
-        self._be.create_array(key, width, table.dtype, table.codec, self._chunk_rows, self._block_rows)
-        self._tables[key] = table
-
-    def _do_append(self, arrays: list[tuple[str, np.ndarray]], done: Done) -> None:
-        jobs: list[ChunkJob] = []
-        for key, arr in arrays:
-            jobs.extend(self._tables[key].add(arr))
-        if done is not None:
-            done()
-        for job in jobs:
-            self._submit(job)
-
-    def _submit(self, job: ChunkJob) -> None:
-        table = self._tables[job.key]
-        durable = self.config.durable
-        self._row_stats.observe(job)
-
-        def work() -> None:  # one task per chunk: encode its blocks, write the file, recycle the buffer
-            self._be.write_chunk(job.key, job.chunk, encode_chunk(job, table), durable=durable)
-            table.recycle(job)
-
-        try:
-            self._inflight.append(self._pool.submit(work))
-        except RuntimeError:  # the interpreter is exiting (pools refuse work): write on this thread
-            work()
-            return
-        limit = 2 * self._pool._max_workers + 2  # bounded memory: wait for the oldest chunk
-        while len(self._inflight) > limit:
-            self._inflight.popleft().result()
-        while self._inflight and self._inflight[0].done():
-            self._inflight.popleft().result()
-
-    def _do_rollback(self, mark: dict[str, Any]) -> None:
-        self._drain()  # rows of earlier chunks are on disk before any is read back
-        for key, table in self._tables.items():
-            target = committed_rows(key, mark)
-            if table.n_rows <= target:
-                continue
-            start = table.n_rows - table.fill  # first row of the buffered chunk
-            if table.buf is not None and target >= start:
-                table.rewind(target)
-            else:
-                fill = target % self._chunk_rows
-                table.buf, table.encoded = None, []
-                table.n_rows = target
-                if fill:
-                    table.load_partial(read_rows(self._be, table, target - fill, fill))
-
-    def _drain(self) -> None:
-        while self._inflight:
-            self._inflight.popleft().result()
-
-    def _commit_pending(self) -> None:
-        mark = self._pending_mark
-        if mark is None:
-            return
-        for table in self._tables.values():
-            job = table.partial_job()
-            if job is not None:
-                self._submit(job)
-        self._drain()
-        for role, spec in self._meta["roles"].items():
-            n = mark["roles"].get(role, 0)
-            self._be.set_rows(rows_key(role), n)
-            for e in spec["layers"]:
-                self._be.set_rows(acts_key(role, str(e["layer"])), n)
-        for name in self._meta["conds"]:
-            n = mark["conds"].get(name, 0)
-            self._be.set_rows(cond_rows_key(name), n)
-            self._be.set_rows(cond_acts_key(name), n)
-        for key in SAMPLE_KEYS.values():
-            if key in self._tables:
-                self._be.set_rows(key, mark["samples"])
-        row_stats = self._row_stats.flush(mark["roles"])
-        if self.config.durable:
-            self._be.sync()
-        commit = self._meta["commit"]
-        self._meta["commit"] = {
-            "seq": int(commit["seq"]) + 1,
-            "time": now_iso(),
-            "roles": dict(mark["roles"]),
-            "conds": dict(mark["conds"]),
-            "samples": int(mark["samples"]),
-            "progress": mark["progress"],
-            "nonfinite": {k: t.nonfinite for k, t in self._tables.items() if t.logical and t.nonfinite},
-            "row_stats": row_stats,
-        }
-        self._be.write_meta(seal_metadata(self._meta), durable=self.config.durable)
-        self._pending_mark = None
-        self._last_commit = time.monotonic()
-
-    # ------------------------------------------------------------------------------------------- resume
-    def _load_resume_state(self) -> None:
-        commit = self._meta["commit"]
-        for a, n in schema_arrays(self._meta):
-            table = self._table(a.key, a.width, a.dtype, a.logical)
-            table.n_rows = n
-            fill = n % self._chunk_rows
-            if fill:
-                table.load_partial(read_rows(self._be, table, n - fill, fill))
-            self._tables[a.key] = table
-        samples = self._meta["samples"]
-        if samples is not None and commit["samples"]:
-            ids = read_rows(self._be, self._tables[SAMPLE_KEYS["table"]], 0, int(commit["samples"]))[:, 0]
-            self._sample_ids.update(int(s) for s in ids)
-
-
-def _counts_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of the row counts of a commit record or mark (``roles``, ``conds``, ``samples``)."""
-    return {"roles": dict(record["roles"]), "conds": dict(record["conds"]), "samples": int(record["samples"])}
+def _counts_of(mark: Mark) -> dict[str, Any]:
+    """The producer's mutable row counts (``roles``, ``conds`` by name, ``samples``), from a mark."""
+    return {"roles": dict(mark.roles), "conds": dict(mark.conds), "samples": int(mark.samples)}

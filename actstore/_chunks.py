@@ -1,4 +1,9 @@
-"""Per-array append state inside the writer thread: the partial chunk being filled and its encoded blocks."""
+"""Chunk state of the writer thread: per array, the chunk being filled, its encoded blocks and NaN/Inf counts.
+
+The writer thread copies appended rows into a :class:`ChunkBuffer` per array; every chunk that fills up, and at a
+commit the partly filled one, becomes a :class:`ChunkJob` that the encode pool turns into blocks
+(:func:`encode_chunk`). :func:`read_rows` reads committed rows back for a resume or a rollback.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from ._backend import Backend
 from ._codec import BlockCodec, Buffer
 from ._errors import CorruptStoreError
 
-__all__ = ["ChunkJob", "Table", "count_nonfinite", "encode_block", "encode_chunk", "read_rows"]
+__all__ = ["ChunkBuffer", "ChunkJob", "count_nonfinite", "encode_block", "encode_chunk", "read_rows"]
 
 
 @dataclass
@@ -30,8 +35,9 @@ class ChunkJob:
 
 
 @dataclass
-class Table:
-    """One array (acts, row table, cond or sample column) as the writer thread appends to it."""
+class ChunkBuffer:
+    """One array (acts, row table, cond or sample column) as the writer thread appends to it: the partly filled
+    chunk, its blocks already encoded, the NaN/Inf counts and spare chunk buffers."""
 
     key: str
     width: int
@@ -141,8 +147,6 @@ class Table:
         self.flushed_fill = rows.shape[0]
 
 
-
-
 _NONFINITE_FROM = {"bfloat16": (np.uint16, np.int16, 0xFF80, 0x7F80), "float16": (np.uint16, np.int16, 0xFC00, 0x7C00),
                    "float32": (np.uint32, np.int32, 0xFF800000, 0x7F800000)}
 """Storage dtype -> (unsigned view, signed view, first negative and first positive NaN/Inf bit pattern)."""
@@ -166,9 +170,9 @@ def count_nonfinite(rows: np.ndarray, logical: str) -> int:
     return int(np.count_nonzero(exponent == pos))
 
 
-def encode_block(job: ChunkJob, table: Table, block: int) -> list[Buffer] | None:
+def encode_block(job: ChunkJob, array: ChunkBuffer, block: int) -> list[Buffer] | None:
     """Encode block ``block`` of a job; a partly filled block is zero-padded; an empty one is absent."""
-    codec, block_rows = table.codec, table.block_rows
+    codec, block_rows = array.codec, array.block_rows
     lo = block * block_rows
     if lo >= job.fill:
         return None
@@ -176,36 +180,36 @@ def encode_block(job: ChunkJob, table: Table, block: int) -> list[Buffer] | None
     if cached is not None:
         return cached
     hi = lo + block_rows
-    absolute = job.chunk * table.n_blocks + block
+    absolute = job.chunk * array.n_blocks + block
     if hi <= job.fill:
-        table.count(absolute, job.buf[lo:hi], full=True)
+        array.count(absolute, job.buf[lo:hi], full=True)
         blob = codec.encode_parts(job.buf[lo:hi])
         if job.cached:
             job.cached[block] = blob  # a full block never changes again
         return blob
     padded = np.zeros((block_rows, job.buf.shape[1]), dtype=job.buf.dtype)
     padded[: job.fill - lo] = job.buf[lo : job.fill]
-    table.count(absolute, padded, full=False)
+    array.count(absolute, padded, full=False)
     return codec.encode_parts(padded)
 
 
-def encode_chunk(job: ChunkJob, table: Table) -> list[list[Buffer] | None]:
+def encode_chunk(job: ChunkJob, array: ChunkBuffer) -> list[list[Buffer] | None]:
     """All blocks of a job, encoded in this thread (one task per chunk keeps thread hand-offs few)."""
-    return [encode_block(job, table, b) for b in range(table.n_blocks)]
+    return [encode_block(job, array, b) for b in range(array.n_blocks)]
 
 
-def read_rows(be: Backend, table: Table, start: int, count: int) -> np.ndarray:
-    """Rows ``[start, start + count)`` of ``table`` read back from the store (resume, rollback). Every block of
+def read_rows(be: Backend, array: ChunkBuffer, start: int, count: int) -> np.ndarray:
+    """Rows ``[start, start + count)`` of ``array`` read back from the store (resume, rollback). Every block of
     them must be on disk: an absent one is a :class:`CorruptStoreError`, never zeros."""
-    br = table.block_rows
-    out = np.empty((count, table.width), dtype=table.dtype)
-    block = np.empty((br, table.width), dtype=table.dtype)
+    br = array.block_rows
+    out = np.empty((count, array.width), dtype=array.dtype)
+    block = np.empty((br, array.width), dtype=array.dtype)
     for b in range(start // br, -(-(start + count) // br)):
-        where = f"block {b} of {table.key} in {be.path}"
-        blob = be.read_block(table.key, b, table.n_blocks)
+        where = f"block {b} of {array.key} in {be.path}"
+        blob = be.read_block(array.key, b, array.n_blocks)
         if blob is None:
             raise CorruptStoreError(f"{where} is absent although committed rows lie in it")
-        table.codec.decode(blob, block, where=where)
+        array.codec.decode(blob, block, where=where)
         lo, hi = max(start, b * br), min(start + count, (b + 1) * br)
         out[lo - start : hi - start] = block[lo - b * br : hi - b * br]
     return out

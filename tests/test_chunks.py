@@ -1,4 +1,4 @@
-"""Writer-thread tables: chunk filling, partial flushes, encoded-block reuse and NaN/Inf counting."""
+"""Writer-thread chunk buffers: chunk filling, partial flushes, encoded-block reuse and NaN/Inf counting."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from actstore._chunks import ChunkBuffer, count_nonfinite, encode_block
 from actstore._codec import BlockCodec
-from actstore._tables import Table, count_nonfinite, encode_block
 
 
-def _table(logical: str | None = None) -> Table:
-    return Table("acts/r/0", 3, np.dtype("<f4"), BlockCodec("lz4", np.dtype("<f4")), 8, 4, logical=logical)
+def _table(logical: str | None = None) -> ChunkBuffer:
+    return ChunkBuffer("acts/r/0", 3, np.dtype("<f4"), BlockCodec("lz4", np.dtype("<f4")), 8, 4, logical=logical)
 
 
 def test_add_returns_full_chunks_and_keeps_the_rest() -> None:

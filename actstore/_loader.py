@@ -29,8 +29,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ._blocks import ArrayReader
 from ._config import ConfigError
 from ._errors import StoreClosedError
+from ._format import dtype_name
 from ._loader_config import LoaderConfig
-from ._pipeline import Batch, Inputs, Work, batches
+from ._pipeline import Batch, Inputs, Work, batches, decode_sets
 from ._rowindex import Selection
 from ._shuffle import EpochPlan, plan_epoch, resume_split
 
@@ -68,7 +69,7 @@ class _Source:
         sel = first.selection
         self.selection: Selection = sel if sel is not None else Selection.all(store.index(role).bounds)
         """The selected rows, chunk by chunk (O(chunks) memory; no row table is loaded)."""
-        self.dtype_names = [v._dtype_name for v in views]
+        self.dtype_names = [dtype_name(v.dtype) for v in views]
         self.path = str(store.path)
         self.storage_options = store.storage_options
         self._store: ActStore | None = store
@@ -270,9 +271,7 @@ class ActLoader(_Base):
             raise StoreClosedError(f"this loader of {self._src.path} was closed; make a new one with store.loader(...)")
         plan = self.plan()
         if self._bufs is None or self._bufs[0][0].shape[0] < plan.buffer_rows:
-            self._bufs = [
-                [np.empty((plan.buffer_rows, r.width), dtype=r.dtype) for r in self._src.readers] for _ in range(2)
-            ]
+            self._bufs = decode_sets(self._src.readers, plan.buffer_rows)
         return self._epoch(plan)
 
     def _epoch(self, plan: EpochPlan) -> Iterator[Batch]:

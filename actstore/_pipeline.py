@@ -23,7 +23,7 @@ import queue
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
@@ -37,7 +37,7 @@ from ._format import DTYPES
 from ._loader_config import LoaderConfig
 from ._shuffle import EpochPlan
 
-__all__ = ["Batch", "ChunkReader", "Inputs", "Work", "batches"]
+__all__ = ["Batch", "ChunkReader", "Inputs", "Work", "batches", "decode_sets"]
 
 Batch = Any
 """A tensor (one layer), a dict layer -> tensor (several layers), or ``(acts, rows)`` with ``with_rows``."""
@@ -94,6 +94,11 @@ class Work:
 
 
 # ------------------------------------------------------------------------------------------- decoding
+def decode_sets(readers: Sequence[ChunkReader], rows: int) -> list[list[np.ndarray]]:
+    """Two sets of decode buffers of ``rows`` rows, one array per reader (to reuse across iterations)."""
+    return [[np.empty((rows, r.width), dtype=r.dtype) for r in readers] for _ in range(2)]
+
+
 class _DoubleBuffer:
     """Two sets of decode buffers (one array per reader): one is gathered from while the other is decoded into."""
 
@@ -109,7 +114,7 @@ class _DoubleBuffer:
         """Use ``layer_sets`` (reused across iterations) or allocate them; add the row-table buffers if needed."""
         readers = list(inputs.readers)
         if layer_sets is None:
-            layer_sets = [[np.empty((rows, r.width), dtype=r.dtype) for r in readers] for _ in range(2)]
+            layer_sets = decode_sets(readers, rows)
         if inputs.row_reader is None:
             return cls(readers, layer_sets)
         rows_buf = [np.empty((rows, len(inputs.columns)), dtype=np.int64) for _ in range(2)]

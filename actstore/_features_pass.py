@@ -56,31 +56,45 @@ class SAEEncoder(nn.Module):
                 self.register_buffer(name, tensors[name].float().contiguous())
         self.d_in, self.d_sae = self.W_enc.shape
 
-    def _pre(self, x_BD: torch.Tensor) -> torch.Tensor:
-        x_BD = x_BD.to(self.W_enc.device)
-        if self.kind == "jumprelu":
-            return torch.addmm(self.b_enc, x_BD.float(), self.W_enc)
-        return torch.addmm(self.b_enc, x_BD - self.b_dec, self.W_enc)  # bf16 - f32 is f32 in one pass
-
     @torch.no_grad()
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
-        pre_BM = self._pre(x_BD)
-        if self.kind == "jumprelu":
-            return pre_BM * (pre_BM > self.threshold)
-        vals_BK, idx_BK = pre_BM.topk(int(self.k or 1), dim=-1, sorted=False)
-        return torch.zeros_like(pre_BM).scatter_(-1, idx_BK, vals_BK.relu_())
+        """Dense codes (rows, d_sae): :meth:`encode_sparse` scattered."""
+        row_N, feat_N, val_N = self.encode_sparse(x_BD)
+        z_BM = torch.zeros(len(x_BD), self.d_sae, device=self.W_enc.device)
+        return z_BM.index_put_((row_N, feat_N), val_N)
 
     @torch.no_grad()
-    def encode_sparse(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The non-zero codes of ``encode(x)`` (bit for bit) as ``(row_N, feature_N, value_N)``, rows ascending;
-        TopK never builds the dense (rows, d_sae) codes."""
-        pre_BM = self._pre(x_BD)
-        if self.kind == "jumprelu":
-            row_N, feat_N = (pre_BM > self.threshold).logical_and_(pre_BM != 0).nonzero(as_tuple=True)
-            return row_N, feat_N, pre_BM[row_N, feat_N]
-        vals_BK, idx_BK = pre_BM.topk(int(self.k or 1), dim=-1, sorted=False)
-        row_N, slot_N = (vals_BK > 0).nonzero(as_tuple=True)
-        return row_N, idx_BK[row_N, slot_N], vals_BK[row_N, slot_N]
+    def encode_sparse(self, x_BD: torch.Tensor, *, chunk_rows: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The non-zero codes as ``(row_N, feature_N, value_N)``, rows ascending; ``x`` of any float dtype and
+        device. Rows go through in chunks of ``chunk_rows`` (default: the whole batch on a GPU; on the CPU about
+        1 MiB of pre-activations, so the float32 rows and the pre-activations stay in cache and no (rows, d_sae)
+        array is ever built)."""
+        dev, n = self.W_enc.device, len(x_BD)
+        c = chunk_rows or (n if dev.type != "cpu" else max(32, min(512, (1 << 18) // self.d_sae)))
+        buf_CD = torch.empty(min(c, n), self.d_in, device=dev)  # reused: no fresh pages per batch
+        topk = self.kind == "topk"
+        if topk:
+            k = int(self.k or 1)
+            vals_BK = torch.empty(n, k, device=dev)
+            idx_BK = torch.empty(n, k, dtype=torch.int64, device=dev)
+        parts = []
+        for a in range(0, n, c):
+            x_CD = buf_CD[:min(c, n - a)].copy_(x_BD[a:a + c])
+            if topk:
+                pre_CM = torch.addmm(self.b_enc, x_CD.sub_(self.b_dec), self.W_enc)
+                torch.topk(pre_CM, k, dim=-1, sorted=False, out=(vals_BK[a:a + c], idx_BK[a:a + c]))
+            else:
+                pre_CM = torch.addmm(self.b_enc, x_CD, self.W_enc)
+                row_N, feat_N = (pre_CM > self.threshold).logical_and_(pre_CM != 0).nonzero(as_tuple=True)
+                parts.append((row_N + a, feat_N, pre_CM[row_N, feat_N]))
+        if topk:
+            row_N, slot_N = (vals_BK > 0).nonzero(as_tuple=True)
+            return row_N, idx_BK[row_N, slot_N], vals_BK[row_N, slot_N]
+        if not parts:
+            empty = torch.zeros(0, dtype=torch.int64, device=dev)
+            return empty, empty, torch.zeros(0, device=dev)
+        return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
     def decode(self, z_BM: torch.Tensor) -> torch.Tensor:
         return z_BM @ self.W_dec + self.b_dec
@@ -318,26 +332,42 @@ def feature_pass(store: ActStore, sae_path: str | os.PathLike[str], cfg: Feature
     bar = _bar(progress, n, start, f"features {cfg.name}")
     t0, done = time.perf_counter(), 0
 
-    def read(a: int) -> torch.Tensor:
+    def read(a: int) -> torch.Tensor:  # reader thread
         x = view[a:min(a + batch, n)]
         return x.pin_memory() if dev.type == "cuda" else x
 
-    with ThreadPoolExecutor(1, thread_name_prefix="actstore-features") as pool, torch.no_grad():
-        nxt = pool.submit(read, starts[0]) if starts else None
+    def compute(x: torch.Tensor, a: int) -> None:  # compute thread: encode, statistics
+        with torch.no_grad():
+            codes = sae.encode_sparse(x.to(dev, non_blocking=True))
+            _update(st, codes, a, {g: v[a:a + len(x)].to(dev) for g, v in gidx_t.items()}, cfg.hist_log10)
+
+    # Three threads in a pipeline: reader (batch i+1) | compute (batch i) | this one (progress, checkpoints). The
+    # workers run torch with one intra-op thread: the decode pool keeps the other cores, and the small per-batch
+    # ops stall badly when a parallel region waits for a busy core.
+    one = {"initializer": torch.set_num_threads, "initargs": (1,)}
+    with ThreadPoolExecutor(1, thread_name_prefix="actstore-features-read", **one) as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="actstore-features-compute", **one) as worker:
+        nxt = reader.submit(read, starts[0]) if starts else None
+        pending = None
         for i, a in enumerate(starts):
             x = nxt.result() if nxt is not None else read(a)
-            nxt = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
+            nxt = reader.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
+            if pending is not None:
+                pending.result()
+            pending = worker.submit(compute, x, a)
             b = min(a + batch, n)
-            codes = sae.encode_sparse(x.to(dev, non_blocking=True))
-            _update(st, codes, a, {g: v[a:b].to(dev) for g, v in gidx_t.items()}, cfg.hist_log10)
-            done += b - a
-            bar.update(b - a)
-            if (i + 1) % cfg.checkpoint_every == 0 and b < n:
+            checkpoint = (i + 1) % cfg.checkpoint_every == 0 and b < n
+            stop = stop_after is not None and i + 1 >= stop_after
+            if checkpoint or stop:
+                pending.result()
                 _save_partial(partial, ident, b, st)
-            if stop_after is not None and i + 1 >= stop_after:
-                _save_partial(partial, ident, b, st)
+            if stop:
                 bar.close()
                 return partial
+            done += b - a
+            bar.update(b - a)
+        if pending is not None:
+            pending.result()
     bar.close()
     elapsed = time.perf_counter() - t0
     record = {**ident, "kind": "sae_features", "steps": gvalues["step"],

@@ -29,14 +29,16 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from ._backend import store_exists
     from ._config import CODECS, ConfigError, StoreConfig
     from ._export import convert, export
     from ._features import FeatureSet, TopExamples
-    from ._features_pass import FeaturePassConfig, feature_pass
+    from ._features_pass import FeaturePassConfig, feature_pass, load_sae
     from ._format import FORMAT_VERSION, NO_STEP
-    from ._info import summarize
+    from ._info import render_summary, summarize
     from ._loader import ActDataset, ActLoader
     from ._loader_config import LoaderConfig
+    from ._parts import parse_part, part_path
     from ._reader import ActStore
     from ._reader import open_store as open  # noqa: A004
     from ._verify import VerifyReport, verify
@@ -63,10 +65,15 @@ _LAZY: dict[str, tuple[str, str]] = {
     "export": ("._export", "export"),
     "convert": ("._export", "convert"),
     "summarize": ("._info", "summarize"),
+    "render_summary": ("._info", "render_summary"),
+    "store_exists": ("._backend", "store_exists"),
+    "parse_part": ("._parts", "parse_part"),
+    "part_path": ("._parts", "part_path"),
     "FeatureSet": ("._features", "FeatureSet"),
     "TopExamples": ("._features", "TopExamples"),
     "FeaturePassConfig": ("._features_pass", "FeaturePassConfig"),
     "feature_pass": ("._features_pass", "feature_pass"),
+    "load_sae": ("._features_pass", "load_sae"),
     "DashboardConfig": (".dashboard", "DashboardConfig"),
     "write_dashboard": (".dashboard", "write_dashboard"),
 }
@@ -122,7 +129,12 @@ __all__ = [
     "create",
     "export",
     "feature_pass",
+    "load_sae",
     "open",
+    "parse_part",
+    "part_path",
+    "render_summary",
+    "store_exists",
     "summarize",
     "verify",
     "write_dashboard",

@@ -94,7 +94,7 @@ def _list_stores(base: str, ext: str) -> list[str]:
 def resolve_part(part: str | None) -> tuple[int, int] | None:
     """``--part i/N``, or torchrun's RANK / WORLD_SIZE when the process runs under it with more than one rank."""
     if part is not None:
-        from actstore._parts import parse_part
+        from actstore import parse_part
 
         return parse_part(part)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -104,9 +104,7 @@ def resolve_part(part: str | None) -> tuple[int, int] | None:
 def plan_output(cfg: RunConfig) -> Target:
     """The store path, and for ``--resume`` the recorded config checked against this run's; refuses an existing
     store unless ``--resume`` or ``--overwrite``. Reads only; creates nothing."""
-    from actstore import ActStore
-    from actstore._backend import store_exists
-    from actstore._parts import part_path
+    from actstore import ActStore, part_path, store_exists
 
     out = cfg.output
     output_dir, parts = out.output_dir, resolve_part(out.part)
@@ -395,7 +393,7 @@ def _summary(path: str, seconds: float, nbytes: int) -> None:
     from rich.console import Console
 
     import actstore
-    from actstore._info import render_summary, summarize
+    from actstore import render_summary, summarize
 
     console = Console()
     with actstore.ActStore.open(path) as store:

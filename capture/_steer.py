@@ -120,7 +120,7 @@ def steering(model: nn.Module, sae: Any, spec: SteerSpec, ctx: BatchContext, *,
     """Rewrite ``spec.layer``'s output on ``spec.role``'s tokens while the block runs (see the module doc).
 
     ``sae`` has ``W_dec`` (features, width) and, for ``clamp``, ``encode(x) -> codes`` (an
-    :func:`actstore._features_pass.load_sae` SAE, ``FeatureSet.sae()``, or a trained ``TopKSAE``). ``ctx`` is the
+    :func:`actstore.load_sae` SAE, ``FeatureSet.sae()``, or a trained ``TopKSAE``). ``ctx`` is the
     batch's context (``adapter.context(model, obs)``), which the role's token selector reads. ``record`` keeps the
     selected residuals and conditioning in the log (for lens comparisons)."""
     adapter = adapter or adapter_for(model)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from actstore._features_pass import load_sae
+from actstore import load_sae
 from capture import (
     CaptureConfigError,
     ModelSpec,

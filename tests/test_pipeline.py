@@ -229,3 +229,21 @@ def test_close_and_garbage_collection_join_the_thread() -> None:
     del it2
     gc.collect()
     assert len(loader_threads()) == before
+
+
+@pytest.mark.gpu
+def test_device_batches_are_right_while_the_host_ring_turns() -> None:
+    """Device copies read host ring slots asynchronously: with a 4-slot ring and many small batches, a slot
+    overwritten before its copy finished would show up as a wrong batch."""
+    n, d, b = 2048, 64, 4
+    a, c = layer_data(n, d, 1), layer_data(n, d, 2)
+    inputs = Inputs(layers=(1, 2), readers=(NumpyReader(bf16_bits(a)), NumpyReader(c)),
+                    dtype_names=("bfloat16", "float32"), multi=True)
+    plan = make_plan(n, batch_size=b)
+    ids = tuple(range(plan.n_buffers))
+    cfg = LoaderConfig(batch_size=b, prefetch=1, pin_memory=True, device="cuda")
+    got = [{k: t.cpu() for k, t in batch.items()} for batch in batches(inputs, cfg, Work(plan, ids))]
+    a_bf16 = torch.from_numpy(a).to(torch.bfloat16)
+    for batch, w in zip(got, expected_batches(plan, ids), strict=True):
+        assert torch.equal(batch[1], a_bf16[torch.from_numpy(w)])
+        np.testing.assert_array_equal(batch[2].numpy(), c[w])

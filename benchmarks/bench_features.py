@@ -1,17 +1,26 @@
 """Feature pass (``actstore features``) against the loader reading the same (layer, role) of the same store.
 
-    python -m benchmarks.bench_features                  # 256 MiB of bf16 decision rows, d=1024, SAE 1024 -> 8192
+    python -m benchmarks.bench_features                  # 256 MiB of bf16 decision rows, d=1024, two SAEs
     python -m benchmarks.bench_features --smoke          # tiny, seconds (the test runs this)
 
-Three rates over one capture-like store (samples of 10 denoising steps x 50 action tokens, tasks and episodes in
-the sample table), interleaved rounds, median:
+Two SAEs over one capture-like store (samples of 10 denoising steps x 50 action tokens, tasks and episodes in the
+sample table):
+
+- ``light`` (default 1024 -> 64, k=8): an SAE cheap enough that it is not the bottleneck (its encode-only rate is
+  well above the loader's); the pass's ratio to the loader measures the pass's own overhead (reading, statistics,
+  threads). This is the configuration the target is about.
+- ``realistic`` (default 1024 -> 8192, k=32, an 8x SAE on the action expert's width): on a CPU the SAE's matmul
+  is the bottleneck and the ratio measures the SAE, not the pass.
+
+Three rates each, interleaved rounds, median (best beside it):
 
 - ``loader``: ``store.loader(layer, role, shuffle=False)`` read to the end, batches moved to the SAE's device (the
-  baseline: what a consumer of the rows can get);
+  baseline: what a consumer of the rows can get; shared by both SAEs);
 - ``feature_pass``: :func:`actstore._features_pass.feature_pass`, the whole pass (read, encode, top-k, histograms,
   density by step / task / episode) into a derived group;
-- ``encode_only``: the SAE's ``encode`` alone on one resident batch on the device (no I/O): when it is not well
-  above the loader's rate, the SAE is the bottleneck and the ratio says little about the pass's own overhead.
+- ``encode_only``: ``SAEEncoder.encode_sparse`` alone on one resident batch (no I/O, no statistics), on the CPU in a
+  thread with one intra-op thread as the pass runs it. Below 2x the loader's rate the SAE is called the bottleneck
+  (``sae_bound``).
 
 Target: ``feature_pass / loader >= 0.8`` when the SAE is not the bottleneck.
 """
@@ -19,10 +28,12 @@ Target: ``feature_pass / loader >= 0.8`` when the SAE is not the bottleneck.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -92,26 +103,35 @@ def _pass_rate(store: actstore.ActStore, sae: Path, k: int, batch: int, dev: tor
 def _encode_rate(sae_path: Path, k: int, x: torch.Tensor, dev: torch.device, reps: int) -> float:
     sae = load_sae(sae_path, k=k).to(dev)
     x = x.to(dev)
-    sae.encode(x)
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        sae.encode(x)
-    _sync(dev)
-    return reps * len(x) / (time.perf_counter() - t0)
+
+    def run() -> float:
+        sae.encode_sparse(x)
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sae.encode_sparse(x)
+        _sync(dev)
+        return reps * len(x) / (time.perf_counter() - t0)
+
+    if dev.type == "cuda":
+        return run()
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) as one_thread:
+        return one_thread.submit(run).result()
 
 
 def main(smoke: bool = False, size_mib: int = 256, d: int = 1024, d_sae: int = 8192, k: int = 32,
-         batch_rows: int = 8192, rounds: int = 3, device: str | None = None, out: Path | None = None,
-         work_dir: Path | None = None) -> dict:
-    """Time the feature pass against the loader over one store.
+         light_d_sae: int = 64, light_k: int = 8, batch_rows: int = 8192, rounds: int = 3,
+         device: str | None = None, out: Path | None = None, work_dir: Path | None = None) -> dict:
+    """Time the feature pass against the loader over one store, for a light and a realistic SAE.
 
     Args:
-        smoke: tiny sizes (d=64, 128 latents, 4 chunks), finishes in seconds.
+        smoke: tiny sizes (d=64, SAEs of 128 and 16 latents, 4 chunks), finishes in seconds.
         size_mib: store size (bf16 rows of width d).
         d: row width (the action expert's width is 1024 in pi0.5).
-        d_sae: SAE latents.
-        k: TopK active latents.
+        d_sae: latents of the realistic SAE.
+        k: TopK active latents of the realistic SAE.
+        light_d_sae: latents of the light SAE (not the bottleneck).
+        light_k: TopK active latents of the light SAE.
         batch_rows: rows per batch of both the loader and the pass.
         rounds: interleaved timing rounds (median reported).
         device: where the SAE runs and the loader delivers (default: cuda when available, else cpu).
@@ -119,47 +139,69 @@ def main(smoke: bool = False, size_mib: int = 256, d: int = 1024, d_sae: int = 8
         work_dir: scratch directory (default: a temporary one).
     """
     if smoke:
-        d, d_sae, k, batch_rows, rounds = 64, 128, 8, 1024, 1
+        d, d_sae, k, light_d_sae, light_k, batch_rows, rounds = 64, 128, 8, 16, 2, 1024, 1
     chunk_rows = 1024 if smoke else 4096
     n_rows = 4 * chunk_rows if smoke else size_mib * (1 << 20) // (2 * d) // chunk_rows * chunk_rows
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    saes = {"light": (light_d_sae, light_k), "realistic": (d_sae, k)}
     work = Path(tempfile.mkdtemp(dir=work_dir))
     try:
         src = work / "run.zarr"
         _make_store(src, n_rows, d, chunk_rows)
-        sae = _sae(work / "sae.safetensors", d, d_sae)
-        times: dict[str, list[float]] = {"loader": [], "feature_pass": []}
+        files = {name: _sae(work / f"sae_{name}.safetensors", d, m) for name, (m, _) in saes.items()}
+        loader: list[float] = []
+        passes: dict[str, list[float]] = {name: [] for name in saes}
         with actstore.ActStore.open(src) as store:
             n = store.num_rows(ROLE)
             _loader_rate(store, batch_rows, dev)  # warm the page cache and the device
             for _ in range(rounds):
-                times["loader"].append(_loader_rate(store, batch_rows, dev))
-                times["feature_pass"].append(_pass_rate(store, sae, k, batch_rows, dev, n))
+                for name, (_, kk) in saes.items():
+                    loader.append(_loader_rate(store, batch_rows, dev))
+                    passes[name].append(_pass_rate(store, files[name], kk, batch_rows, dev, n))
+                    fs = store.features("bench")
+                    assert fs.n_rows == n and int(fs.array("rows_by_step").sum()) == n
             x = store[LAYER, ROLE][:batch_rows]
-            fs = store.features("bench")
-            assert fs.n_rows == n and int(fs.array("rows_by_step").sum()) == n
-        rate = {key: statistics.median(v) for key, v in times.items()}
-        rate["encode_only"] = _encode_rate(sae, k, x, dev, reps=2 if smoke else 20)
-        res = {"rows": n, "d": d, "d_sae": d_sae, "k": k, "batch_rows": batch_rows, "device": str(dev),
-               "bytes": n * d * 2, "rounds": rounds, "rows_per_s": rate, "runs": times,
-               "pass_vs_loader": rate["feature_pass"] / rate["loader"],
-               "sae_bound": rate["encode_only"] < 1.25 * rate["loader"]}
+        load_rate = statistics.median(loader)
+        configs = {}
+        for name, (m, kk) in saes.items():
+            rate = {"loader": load_rate, "feature_pass": statistics.median(passes[name]),
+                    "encode_only": _encode_rate(files[name], kk, x, dev, reps=2 if smoke else 10)}
+            configs[name] = {"d_sae": m, "k": kk, "rows_per_s": rate, "best_feature_pass": max(passes[name]),
+                             "runs": {"feature_pass": passes[name]},
+                             "pass_vs_loader": rate["feature_pass"] / load_rate,
+                             "encode_vs_loader": rate["encode_only"] / load_rate,
+                             "sae_bound": rate["encode_only"] < 2 * load_rate}
+        res = {"rows": n, "d": d, "batch_rows": batch_rows, "device": str(dev), "bytes": n * d * 2,
+               "rounds": rounds, "cpu_count": os.cpu_count(), "load_avg_1min": _load_avg(),
+               "loader_runs": loader, "best_loader": max(loader), "configs": configs}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     size = "smoke" if smoke else f"{res['bytes'] / 2**20:.0f} MiB"
-    print(f"# feature pass vs loader ({size}, {n:,} rows, d={d}, bf16, lz4; SAE {d}->{d_sae} TopK k={k} on {dev})\n")
-    print("| path | rows/s | GB/s read | ratio to loader | target |")
-    print("|---|---|---|---|---|")
-    for key in ("loader", "feature_pass", "encode_only"):
-        r = rate[key]
-        target = ">= 0.8x" if key == "feature_pass" else "-"
-        print(f"| {key} | {r / 1e3:.1f} k | {r * d * 2 / 1e9:.2f} | {r / rate['loader']:.2f}x | {target} |")
-    if res["sae_bound"]:
-        print("\nThe SAE is the bottleneck here (encode alone is < 1.25x the loader's rate): the ratio measures the "
-              "SAE, not the pass's overhead.")
+    print(f"# feature pass vs loader ({size}, {n:,} rows, d={d}, bf16, lz4, on {dev}; median of {rounds})\n")
+    print("| SAE | path | rows/s | GB/s read | ratio to loader | target |")
+    print("|---|---|---|---|---|---|")
+    for name, c in configs.items():
+        label = f"{name} {d}->{c['d_sae']} k={c['k']}" + (" (SAE-bound)" if c["sae_bound"] else "")
+        for key in ("loader", "feature_pass", "encode_only"):
+            r = c["rows_per_s"][key]
+            target = ">= 0.8x" if key == "feature_pass" and not c["sae_bound"] else "-"
+            print(f"| {label} | {key} | {r / 1e3:.1f} k | {r * d * 2 / 1e9:.2f} | {r / load_rate:.2f}x | {target} |")
+    for name, c in configs.items():
+        verdict = ("the SAE is the bottleneck (encode alone < 2x the loader): the ratio measures the SAE"
+                   if c["sae_bound"] else
+                   f"the SAE is not the bottleneck: pass/loader {c['pass_vs_loader']:.2f} "
+                   f"({'meets' if c['pass_vs_loader'] >= 0.8 else 'misses'} the 0.8x target)")
+        print(f"\n{name}: {verdict}.")
     if out is not None:
         Path(out).write_text(json.dumps(res, indent=2))
     return res
+
+
+def _load_avg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

@@ -193,23 +193,34 @@ def test_refusals(world: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["topk", "jumprelu", "jumprelu_negative_threshold"])
-def test_encode_sparse_is_encode_bit_for_bit(world: dict, tmp_path: Path, kind: str) -> None:
+def test_encode_sparse_matches_dense_formula(world: dict, kind: str) -> None:
+    """The chunked sparse encoder against the plain float32 dense formula (the whole batch in one matmul), for
+    float32 and bf16 rows and chunks that do not divide the batch."""
     path = world["topk"] if kind == "topk" else world["jump"]
     sae = load_sae(path, kind=kind.split("_")[0], k=K)
     if kind == "jumprelu_negative_threshold":  # codes below zero: non-zero, so listed (summed, never counted)
         sae.threshold -= 0.6
-    x = world["truth"].acts[("decision", 6)]  # float32; bf16 rows go the same way
+    x = world["truth"].acts[("decision", 6)]
     for rows in (x, x.bfloat16()):
-        z = sae.encode(rows)
-        row, feat, val = (t.numpy() for t in sae.encode_sparse(rows))
-        assert (np.diff(row) >= 0).all()  # rows ascending (features in any order within a row)
-        o = np.lexsort((feat, row))
-        want_row, want_feat = np.nonzero(z.numpy())
-        np.testing.assert_array_equal(row[o], want_row)
-        np.testing.assert_array_equal(feat[o], want_feat)
-        np.testing.assert_array_equal(val[o], z.numpy()[want_row, want_feat])
+        xf = rows.float()
+        if sae.kind == "jumprelu":
+            pre = xf @ sae.W_enc + sae.b_enc
+            dense = pre * (pre > sae.threshold)
+        else:
+            pre = torch.relu((xf - sae.b_dec) @ sae.W_enc + sae.b_enc)
+            v, i = pre.topk(K, dim=-1)
+            dense = torch.zeros_like(pre).scatter_(-1, i, v)
+        want_row, want_feat = np.nonzero(dense.numpy())
+        for chunk in (None, 7, 1000):
+            row, feat, val = (t.numpy() for t in sae.encode_sparse(rows, chunk_rows=chunk))
+            assert (np.diff(row) >= 0).all()  # rows ascending (features in any order within a row)
+            o = np.lexsort((feat, row))
+            np.testing.assert_array_equal(row[o], want_row)
+            np.testing.assert_array_equal(feat[o], want_feat)
+            np.testing.assert_allclose(val[o], dense.numpy()[want_row, want_feat], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(sae.encode(rows).numpy()[row, feat], val)  # encode: the same codes, dense
     if kind == "topk":
-        assert int((z > 0).sum(1).max()) == K
+        assert int((dense > 0).sum(1).max()) == K
     if kind == "jumprelu_negative_threshold":
         assert bool((val < 0).any())
 

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -341,17 +342,18 @@ def feature_pass(store: ActStore, sae_path: str | os.PathLike[str], cfg: Feature
             codes = sae.encode_sparse(x.to(dev, non_blocking=True))
             _update(st, codes, a, {g: v[a:a + len(x)].to(dev) for g, v in gidx_t.items()}, cfg.hist_log10)
 
-    # Three threads in a pipeline: reader (batch i+1) | compute (batch i) | this one (progress, checkpoints). The
+    # Three threads in a pipeline: reader (batches i+1, i+2) | compute (batch i) | this one (progress, checkpoints). The
     # workers run torch with one intra-op thread: the decode pool keeps the other cores, and the small per-batch
     # ops stall badly when a parallel region waits for a busy core.
     one = {"initializer": torch.set_num_threads, "initargs": (1,)}
     with ThreadPoolExecutor(1, thread_name_prefix="actstore-features-read", **one) as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="actstore-features-compute", **one) as worker:
-        nxt = reader.submit(read, starts[0]) if starts else None
+        ahead = deque(reader.submit(read, a) for a in starts[:2])  # two batches read ahead, to ride out stalls
         pending = None
         for i, a in enumerate(starts):
-            x = nxt.result() if nxt is not None else read(a)
-            nxt = reader.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
+            x = ahead.popleft().result()
+            if i + 2 < len(starts):
+                ahead.append(reader.submit(read, starts[i + 2]))
             if pending is not None:
                 pending.result()
             pending = worker.submit(compute, x, a)

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from ._arraymeta import check_zarr_array_docs
 from ._backend import Backend, create_backend, detect_backend, open_backend, store_exists
 from ._config import ConfigError, StoreConfig
 from ._errors import CorruptStoreError, SchemaMismatchError
@@ -38,13 +37,9 @@ def _writer(be: Backend, meta: dict[str, Any], cfg: StoreConfig, *, resumed: boo
 
 
 def check_resumable(be: Backend, meta: dict[str, Any]) -> None:
-    """Raise :class:`CorruptStoreError` naming the array and field when an array's own metadata disagrees with
-    the (validated) record ``meta``: local Zarr ``zarr.json`` files and HDF5 datasets."""
-    root = getattr(be, "root", None)
-    problems = check_zarr_array_docs(root, meta) if root is not None else []
-    check = getattr(be, "check_datasets", None)
-    if check is not None:
-        problems += check(meta)
+    """Raise :class:`CorruptStoreError` naming the array and field when an array's own metadata (a Zarr
+    ``zarr.json``, an HDF5 dataset) disagrees with the (validated) record ``meta``."""
+    problems = be.check_array_docs(meta)
     if problems:
         shown = "; ".join(p for _, p in problems[:3])
         raise CorruptStoreError(f"cannot resume {be.path}: {len(problems)} arrays disagree with the metadata record: "

@@ -25,11 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import Backend, FileLock, ZarrDirBackend
 from ._codec import BlockCodec, crc32c
 from ._errors import CorruptStoreError, StoreExistsError
 from ._format import schema_arrays, validate_metadata
 from ._h5 import H5Backend
+from ._lock import FileLock
+from ._storage import Backend
+from ._zarr import ZarrDirBackend
 
 __all__ = ["StagedH5Backend", "open_staged", "publish", "staging_path"]
 
@@ -189,6 +191,10 @@ class StagedH5Backend(Backend):
 
     def stored_bytes(self) -> int:
         return self.stage.stored_bytes()
+
+    def check_array_docs(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
+        """The staging directory's array documents against the record (what a resume extends)."""
+        return self.stage.check_array_docs(meta)
 
     def close_unpublished(self) -> None:
         """Release the store without publishing (a writer that never started)."""

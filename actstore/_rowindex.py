@@ -83,7 +83,7 @@ class Selection:
     def from_ids(cls, bounds: np.ndarray, ids: np.ndarray) -> Selection:
         """The selection of the (ascending, unique) role rows ``ids``."""
         chunk = np.searchsorted(bounds, ids, side="right") - 1
-        parts = [(int(c), ids[chunk == c] - bounds[c]) for c in np.unique(chunk)]
+        parts = [(int(c), *_pack(int(bounds[c + 1] - bounds[c]), ids[chunk == c] - bounds[c])) for c in np.unique(chunk)]
         return _assemble(bounds, parts)
 
     @property
@@ -129,20 +129,27 @@ class Selection:
         return np.concatenate([self.ids(k) for k in range(self.chunks.size)])
 
 
-def _assemble(bounds: np.ndarray, parts: list[tuple[int, np.ndarray]]) -> Selection:
-    """A selection from ``(chunk, local offsets)`` pairs (chunks ascending, no empty ones)."""
+def _pack(size: int, local: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """``(count, packed bits)`` of a chunk's selected local offsets; no bits when every row is selected."""
+    if local.size == size:
+        return size, None
+    bits = np.zeros(size, dtype=bool)
+    bits[local] = True
+    return int(local.size), np.packbits(bits)
+
+
+def _assemble(bounds: np.ndarray, parts: list[tuple[int, int, np.ndarray | None]]) -> Selection:
+    """A selection from ``(chunk, count, packed bits or None)`` (chunks ascending, no empty ones): each chunk is
+    packed as it is found, so building a selection never holds more than one chunk's offsets."""
     chunks, counts, mask_of, masks = [], [], [], []
-    for c, local in parts:
-        size = int(bounds[c + 1] - bounds[c])
+    for c, count, packed_bits in parts:
         chunks.append(c)
-        counts.append(local.size)
-        if local.size == size:
+        counts.append(count)
+        if packed_bits is None:
             mask_of.append(-1)
         else:
-            bits = np.zeros(size, dtype=bool)
-            bits[local] = True
             mask_of.append(len(masks))
-            masks.append(np.packbits(bits))
+            masks.append(packed_bits)
     width = max((m.size for m in masks), default=0)
     packed = np.zeros((len(masks), width), dtype=np.uint8)
     for i, m in enumerate(masks):
@@ -281,7 +288,7 @@ class RowIndex:
         if not vals and where is None:
             return Selection.all(self.bounds)
         found = {name: np.zeros(v.size, dtype=bool) for name, v in vals.items()}
-        parts: list[tuple[int, np.ndarray]] = []
+        parts: list[tuple[int, int, np.ndarray | None]] = []
         checked = False  # whether the where predicate was seen to work row by row
         for c in np.flatnonzero(candidates).tolist():
             table = self.chunk(c)
@@ -300,7 +307,7 @@ class RowIndex:
                 keep &= extra
             local = np.flatnonzero(keep)
             if local.size:
-                parts.append((c, local.astype(np.int64)))
+                parts.append((c, *_pack(keep.size, local)))
         for name, v in vals.items():
             self._check_found(name, v, found[name], candidates)
         return _assemble(self.bounds, parts)

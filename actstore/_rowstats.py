@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import Backend
-from ._chunks import ChunkBuffer, ChunkJob, encode_chunk
+from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, read_rows
 from ._codec import BlockCodec
 from ._errors import CorruptStoreError
 from ._format import rows_key
@@ -139,7 +139,9 @@ class RowStatsWriter:
             self._cached[role] = (s, rows)
 
     def _stats_chunk(self, role: str, s: int, table: ChunkBuffer) -> np.ndarray:
-        """The stats rows of stats chunk ``s`` that earlier commits wrote (empty when none)."""
+        """The stats rows of stats chunk ``s`` that earlier commits wrote (empty when none), read back like any
+        committed rows: an absent block is a :class:`CorruptStoreError` (never zeros, which would be a range that
+        lets a filter skip a matching chunk)."""
         cached = self._cached.get(role)
         if cached is not None and cached[0] == s:
             return cached[1].copy()
@@ -147,12 +149,4 @@ class RowStatsWriter:
         have = min(self._committed.get(role, 0) - first, self._chunk_rows)
         if have <= 0:
             return np.zeros((0, table.width), dtype=_I8)
-        blobs = self._be.read_chunk(table.key, s, table.n_blocks)
-        out = np.empty((table.n_blocks * self._block_rows, table.width), dtype=_I8)
-        for b, blob in enumerate(blobs):
-            part = out[b * self._block_rows : (b + 1) * self._block_rows]
-            if blob is None:
-                part[...] = 0
-            else:
-                table.codec.decode(blob, part, where=f"block {b} of chunk {s} of {table.key} in {self._be.path}")
-        return out[:have].copy()
+        return read_rows(self._be, table, first, have)  # an absent block: CorruptStoreError, stats left to the reader

@@ -16,6 +16,10 @@ stderr. Exit status: 0 success; 2 bad arguments (unparsable command line, or an 
 refused before the store is read: :class:`~actstore.ConfigError`); 1 failure (no such store, no such layer in
 it, corrupt data, ``verify`` found problems, an OS error). torch, zarr and matplotlib are imported only by the
 subcommands that use them: ``--help``, ``--version`` and ``info`` start in a fraction of a second.
+
+``lens`` and ``dashboard --lens`` need the capture package (shipped beside actstore): the model layouts, the lenses
+and the rebuilding of the model a store was captured from live there, and only these two import it (lazily, through
+its public API); without it they fail with one line and exit 1. Nothing else in actstore imports capture.
 """
 
 from __future__ import annotations
@@ -98,7 +102,8 @@ class Export:
 
 @dataclass(frozen=True)
 class Lens:
-    """Read rows out through the model's final norm and a trained head (velocity lens / logit lens)."""
+    """Read rows out through the model's final norm and a trained head (velocity lens / logit lens); needs the
+    capture package (model layouts and lenses)."""
 
     path: Annotated[str, Pos]
     """Store to read."""
@@ -207,7 +212,7 @@ class Dashboard:
     """Pages for at most this many features, the most often firing first."""
     lens: bool = False
     """Read each feature's decoder direction through the velocity lens with the store's recorded model (decision
-    role); implied by --model / --checkpoint-path / --model-factory."""
+    role; needs the capture package); implied by --model / --checkpoint-path / --model-factory."""
     model: Literal["reference", "transformers-pi0", "openpi", "lerobot", "factory"] | None = None
     """Model for the velocity lens (default: the one recorded in the store's attrs)."""
     checkpoint_path: str | None = None
@@ -268,39 +273,49 @@ def export(cmd: Export) -> int:
     return 0
 
 
-def _load_model(cmd: Lens | Dashboard, attrs: dict) -> object:
-    """The model named on the command line, else the one the store's attrs record (capture's ``attrs["model"]``)."""
-    from capture import ModelSpec, load_model
+class MissingDependencyError(ActStoreError, ImportError):
+    """A subcommand needs a package that is not importable (``lens`` and ``dashboard --lens`` need capture)."""
 
-    rec = attrs.get("model") if isinstance(attrs.get("model"), dict) else {}
-    name = "factory" if cmd.model_factory else (cmd.model or rec.get("name") or "reference")
-    spec = ModelSpec(name=name, checkpoint_path=cmd.checkpoint_path or rec.get("checkpoint_path"),
-                     factory=cmd.model_factory, seed=int(rec.get("seed", 0)), dtype=rec.get("dtype", "float32"))
-    return load_model(spec)[0]
+
+def _capture(command: str) -> Any:
+    """The capture package, imported only by the subcommands that read rows out through a model: it holds the model
+    layouts and lenses and rebuilds the model a store was captured from (``capture.recorded_model``)."""
+    try:
+        import capture
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"'{PROG} {command}' needs the capture package (shipped beside actstore; it holds the model layouts and "
+            f"lenses), which is not importable here: {exc}") from None
+    return capture
+
+
+def _model(cap: Any, cmd: Lens | Dashboard, attrs: dict) -> Any:
+    """The model named on the command line, else the one the store's attrs record."""
+    return cap.recorded_model(attrs, name=cmd.model, checkpoint_path=cmd.checkpoint_path,
+                              factory=cmd.model_factory)
 
 
 def lens(cmd: Lens) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from . import lens as L
     from ._reader import ActStore
 
-    spec = L.HEADS.get(cmd.head)
-    role = cmd.role or ("instruction" if spec is not None and spec.stack == "vlm" else "decision")
-    L._check_head(cmd.head, cmd.allow_untrained)  # refuse before loading a model
+    cap = _capture("lens")
+    spec = cap.check_head(cmd.head, cmd.allow_untrained)  # refuse before loading a model
+    role = cmd.role or ("instruction" if spec.stack == "vlm" else "decision")
     with ActStore.open(cmd.path) as store:
-        model = _load_model(cmd, store.attrs)
+        model = _model(cap, cmd, store.attrs)
         layer = _layer(cmd.layer)
         step = None if cmd.step is None else list(cmd.step)
         sample = None if cmd.sample is None else list(cmd.sample)
         vocab = cmd.head != "action"
         if vocab:  # keep the top k per row only: (rows, vocab) logits can be huge
-            top = L.logit_lens(store, model, layer, sample, k=cmd.k, role=role, head=cmd.head, step=step,
-                               allow_untrained=cmd.allow_untrained)
+            top = cap.logit_lens(store, model, layer, sample, k=cmd.k, role=role, head=cmd.head, step=step,
+                                 allow_untrained=cmd.allow_untrained)
             out, ids, vals, rows = top.logits, top.ids, top.logits, top.rows
         else:
-            out = L.velocity_lens(store, model, layer, step, sample=sample, role=role)
+            out = cap.velocity_lens(store, model, layer, step, sample=sample, role=role)
             rows = store.select(layer, role, step=step, sample=sample).rows()
     table = Table(title=f"{cmd.head} lens of {role} rows at layer {layer} ({len(out):,} rows)")
     for col in ("sample", "step", "position"):
@@ -386,9 +401,14 @@ def dashboard(cmd: Dashboard) -> int:
     out = cmd.out or str(src.with_name(f"{src.name}.{cmd.features}.site"))
     with ActStore.open(cmd.path) as store:
         fs = store.features(cmd.features)
-        use_lens = cmd.lens or cmd.model is not None or cmd.checkpoint_path is not None or cmd.model_factory
-        model = _load_model(cmd, store.attrs) if use_lens else None
-        index = write_dashboard(fs, out, cfg, model=model, overwrite=cmd.overwrite, progress=cmd.progress)
+        velocity = None
+        if cmd.lens or cmd.model is not None or cmd.checkpoint_path is not None or cmd.model_factory:
+            cap = _capture("dashboard --lens")
+            model = _model(cap, cmd, store.attrs)
+
+            def velocity(fs: Any, f: int, k: int) -> Any:
+                return cap.feature_velocity(fs, model, f, k)
+        index = write_dashboard(fs, out, cfg, velocity=velocity, overwrite=cmd.overwrite, progress=cmd.progress)
     print(index)
     return 0
 

@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from ._errors import ModelSpecError
-from ._pi import PI_EXPERT, PI_VLM, cast_like_upstream, pi_adapter_parts, pi_core
+from ._layouts import LAYOUTS, ModelLayout, family_layout
+from ._pi import cast_like_upstream, pi_adapter_parts, pi_core
 from ._reference import ReferenceConfig, ReferencePi05
 from ._sites import BatchContext, RoleSpec, Site, decision, full, instruction, resolve_sites
 from ._synthetic import Observation
 
-__all__ = ["ModelAdapter", "ModelSpec", "MODELS", "load_model", "adapter_for", "load_callable"]
+__all__ = ["ModelAdapter", "ModelSpec", "MODELS", "load_model", "adapter_for", "load_callable", "recorded_model"]
 
 @dataclass(frozen=True)
 class ModelAdapter:
@@ -102,12 +103,11 @@ def load_callable(spec: str) -> Callable[..., Any]:
 def pi_adapter(model: nn.Module, name: str = "pi") -> ModelAdapter:
     """Adapter for any model laid out like openpi's ``PI0Pytorch`` (module paths prefixed by ``model.`` for policies).
 
-    Camera slots, tokens per image and the prompt offset come from the model (see ``capture._pi``).
+    Layer paths come from the ``openpi`` / ``lerobot`` layout; camera slots, tokens per image and the prompt offset
+    from the model (see ``capture._pi``).
     """
-    core = pi_core(model)
-    prefix = "" if core is model else "model."
-    return ModelAdapter(name=name, layer_paths={"vlm": prefix + PI_VLM, "expert": prefix + PI_EXPERT},
-                        cond_kwarg="adarms_cond", **pi_adapter_parts())
+    layout = LAYOUTS["openpi" if pi_core(model) is model else "lerobot"]  # pi_core refuses any other model
+    return ModelAdapter(name=name, layer_paths=dict(layout.layers), cond_kwarg="adarms_cond", **pi_adapter_parts())
 
 
 # -- transformers' own PI0 ---------------------------------------------------------------------------------------
@@ -125,8 +125,7 @@ def transformers_pi0_adapter(model: nn.Module) -> ModelAdapter:
 
     roles = {"decision": RoleSpec("expert", decision, stepped=True), "instruction": RoleSpec("vlm", instruction),
              "full": RoleSpec("vlm", full), "suffix": RoleSpec("expert", full, stepped=True)}
-    return ModelAdapter("transformers-pi0", {"vlm": "model.vlm.language_model.layers.{i}",
-                                             "expert": "model.dit.layers.{i}"}, roles, run_pi0, context)
+    return ModelAdapter("transformers-pi0", dict(LAYOUTS["transformers-pi0"].layers), roles, run_pi0, context)
 
 
 # -- any decoder (e.g. a Hugging Face causal LM) ------------------------------------------------------------------
@@ -151,13 +150,13 @@ def decoder_adapter(layer_path: str) -> ModelAdapter:
 
 
 def adapter_for(model: nn.Module, layer_path: str = "model.layers.{i}") -> ModelAdapter:
-    """Pick the adapter from the model's structure."""
-    if type(model).__name__ == "PI0ForConditionalGeneration":
-        return transformers_pi0_adapter(model)
-    try:
-        core = pi_core(model)
-    except ModelSpecError:
+    """Pick the adapter from the model's structure (its ``family_layout``; a plain decoder if none fits)."""
+    layout: ModelLayout | None = family_layout(model)
+    if layout is None:
         return decoder_adapter(layer_path)
+    if layout.name == "transformers-pi0":
+        return transformers_pi0_adapter(model)
+    core = pi_core(model)
     name = "reference" if isinstance(core, ReferencePi05) else type(core).__module__.split(".")[0]
     return pi_adapter(model, name)
 
@@ -233,3 +232,18 @@ def load_model(spec: ModelSpec) -> tuple[nn.Module, ModelAdapter]:
         raise ModelSpecError(f"model {spec.name!r} built a {type(model).__name__}, not a torch.nn.Module")
     model = cast_like_upstream(model, spec.device, _DTYPES[spec.dtype]).eval()
     return model, adapter or adapter_for(model, spec.layer_path)
+
+
+def recorded_model(attrs: dict[str, Any], *, name: str | None = None, checkpoint_path: str | None = None,
+                   factory: str | None = None) -> nn.Module:
+    """The model a store was captured from, rebuilt from what ``capture`` recorded in its attrs (``attrs["model"]``:
+    name, checkpoint_path, factory, seed, dtype); ``name`` / ``checkpoint_path`` / ``factory`` override the record
+    (a ``factory`` implies ``name="factory"``). A store without a record gets the reference policy. Used by the
+    ``actstore lens`` and ``actstore dashboard --lens`` commands."""
+    rec = attrs.get("model") if isinstance(attrs.get("model"), dict) else {}
+    name = "factory" if factory else (name or rec.get("name") or "reference")
+    if name == "factory" and not factory:
+        factory = rec.get("factory")
+    spec = ModelSpec(name=name, checkpoint_path=checkpoint_path or rec.get("checkpoint_path"), factory=factory,
+                     seed=int(rec.get("seed", 0)), dtype=rec.get("dtype", "float32"))
+    return load_model(spec)[0]

@@ -6,10 +6,10 @@ catch, so ``except ValueError`` and ``except ActStoreError`` both work.
 
 from __future__ import annotations
 
-from actstore import ActStoreError
+from actstore import ActStoreError, ConfigError
 
 __all__ = ["ActStoreError", "CaptureConfigError", "CaptureError", "ModelSpecError", "SiteError",
-           "SiteOutputError"]
+           "SiteOutputError", "UntrainedHeadError"]
 
 
 class CaptureError(ActStoreError, RuntimeError):
@@ -32,3 +32,8 @@ class ModelSpecError(ActStoreError, ValueError):
 
 class CaptureConfigError(ActStoreError, ValueError):
     """A capture configuration value outside its valid range."""
+
+
+class UntrainedHeadError(ConfigError):
+    """A lens was asked to decode through a head that holds no trained weights (a refused option: an
+    ``actstore.ConfigError``, hence a ``ValueError``; the ``actstore lens`` CLI exits 2)."""

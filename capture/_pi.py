@@ -23,26 +23,23 @@ import torch
 from torch import nn
 
 from ._errors import ModelSpecError, SiteError
+from ._layouts import pi_prefix
 from ._reference import ReferencePi05
 from ._sites import BatchContext, RoleSpec, Selection, decision, full
 from ._synthetic import Observation
 
-__all__ = ["OPENPI_CAMERAS", "PI_VLM", "PI_EXPERT", "pi_core", "pi_flavour", "tokens_per_image", "camera_slots",
+__all__ = ["OPENPI_CAMERAS", "pi_core", "pi_flavour", "tokens_per_image", "camera_slots",
            "pi_inputs", "pi_adapter_parts", "cast_like_upstream", "prefix_prompt", "prefix_full"]
 
-PI_VLM = "paligemma_with_expert.paligemma.model.language_model.layers.{i}"
-PI_EXPERT = "paligemma_with_expert.gemma_expert.model.layers.{i}"
 OPENPI_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 """The camera slots openpi's ``PI0Pytorch`` always feeds, in prefix order."""
 
 
 def pi_core(model: nn.Module) -> nn.Module:
     """The module holding ``paligemma_with_expert`` (a lerobot policy wraps it in ``.model``)."""
-    if hasattr(model, "paligemma_with_expert"):
-        return model
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "paligemma_with_expert"):
-        return inner
+    prefix = pi_prefix(model)
+    if prefix is not None:
+        return model if prefix == "" else model.model
     raise ModelSpecError(f"{type(model).__name__} has no 'paligemma_with_expert' (nor '.model.paligemma_with_expert')")
 
 

@@ -1,4 +1,5 @@
-"""Adapter registry: structure-based detection, factories (any HF decoder), openpi / lerobot when importable."""
+"""Adapter registry: structure-based detection, factories (any HF decoder), openpi / lerobot when importable, and
+the model a store records (``recorded_model``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from capture import (
     adapter_for,
     load_model,
     make_batch,
+    recorded_model,
 )
 from capture._adapters import load_callable
 
@@ -84,3 +86,34 @@ def test_openpi_when_installed():
     assert hasattr(pi0, "PI0Pytorch")
     with pytest.raises(ModelSpecError, match="model-factory"):
         load_model(ModelSpec(name="openpi"))
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_recorded_model_rebuilds_what_the_attrs_record(tmp_path):
+    """The record capture_run writes (name, seed, dtype, checkpoint, factory) rebuilds the same weights; the
+    command-line overrides win; a store without a record gets the reference policy."""
+    import actstore
+    from capture import ReferenceConfig, capture_run
+
+    path = capture_run(output_dir=str(tmp_path / "s.zarr"), layers=(6,), roles=("decision",), batch_size=1,
+                       max_batches=1, num_steps=1, seed=3, quiet=True, device="cpu")
+    with actstore.ActStore.open(path) as store:
+        attrs = store.attrs
+    assert attrs["model"]["seed"] == 3  # the record capture_run wrote
+    got = recorded_model(attrs)
+    assert isinstance(got, ReferencePi05) and _same_weights(got, ReferencePi05(ReferenceConfig(seed=3)))
+    assert not _same_weights(got, ReferencePi05(ReferenceConfig(seed=0)))
+    ckpt = tmp_path / "w.pt"
+    torch.save(ReferencePi05(ReferenceConfig(seed=7)).state_dict(), ckpt)
+    assert _same_weights(recorded_model(attrs, checkpoint_path=str(ckpt)), ReferencePi05(ReferenceConfig(seed=7)))
+    assert _same_weights(recorded_model({}), ReferencePi05(ReferenceConfig(seed=0)))
+    bf16 = recorded_model({"model": {"name": "reference", "seed": 0, "dtype": "bfloat16"}})
+    assert bf16.action_out_proj.weight.dtype == torch.bfloat16
+    fac = {"model": {"name": "factory", "factory": "test_capture_adapters:tiny_gemma", "seed": 1}}
+    assert type(recorded_model(fac)).__name__ == "GemmaForCausalLM"  # the recorded factory is called
+    with pytest.raises(ModelSpecError, match="unknown model 'nope'"):
+        recorded_model({}, name="nope")

@@ -21,8 +21,7 @@ from conftest import write_store
 from safetensors.torch import save_file
 
 import actstore
-from actstore._features_pass import FeaturePassConfig, feature_pass
-from actstore.dashboard import DashboardConfig, feature_velocity, write_dashboard
+from actstore import DashboardConfig, FeaturePassConfig, feature_pass, write_dashboard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,8 +204,7 @@ def test_instruction_pages_mark_the_token_capture_tokenized(captured: Path, tmp_
 
 
 def test_velocity_readout_matches_the_velocity_lens(captured: Path, tmp_path: Path) -> None:
-    from actstore.lens import velocity_lens
-    from capture import ModelSpec, load_model
+    from capture import ModelSpec, feature_velocity, load_model, velocity_lens
 
     model, _ = load_model(ModelSpec("reference"))
     with actstore.ActStore.open(captured) as store:
@@ -228,11 +226,15 @@ def test_velocity_readout_matches_the_velocity_lens(captured: Path, tmp_path: Pa
         norm = model.paligemma_with_expert.gemma_expert.model.norm
         without = model.action_out_proj(norm(x, cond)[0])
         torch.testing.assert_close(dv, (full - without).float(), rtol=1e-5, atol=1e-5)
-        index = write_dashboard(fs, tmp_path / "site", DashboardConfig(top=8, max_features=3), model=model)
+        index = write_dashboard(fs, tmp_path / "site", DashboardConfig(top=8, max_features=3),
+                                velocity=lambda fs, f, k: feature_velocity(fs, model, f, k))
         html = (index.parent / "f" / f"{f}.html").read_text()
         assert "Velocity lens" in html
+        ins = _ins_group(store, tmp_path)
+        with pytest.raises(actstore.ConfigError, match="instruction rows"):
+            write_dashboard(ins, tmp_path / "ins_site", velocity=lambda fs, f, k: feature_velocity(fs, model, f, k))
         with pytest.raises(actstore.ConfigError, match="decision"):
-            feature_velocity(_ins_group(store, tmp_path), model, 0)
+            feature_velocity(ins, model, 0)
 
 
 def _ins_group(store: actstore.ActStore, tmp_path: Path) -> actstore.ActStore:

@@ -131,6 +131,20 @@ def test_failures_exit_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == (2 if needle == "onto itself" and argv[0] == "export" else 1)
 
 
+def test_lens_without_capture_exits_1_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """actstore never needs capture except for ``lens`` (model layouts and lenses live there): with capture not
+    importable, ``lens`` fails with one line naming it and ``info`` still works."""
+    store = tmp_path / "run.zarr"
+    write_store(store, n_samples=4)
+    monkeypatch.setitem(sys.modules, "capture", None)  # what `import capture` sees when it is not installed
+    capsys.readouterr()
+    assert main(["lens", str(store), "--layer", "6"]) == 1
+    line = _err_line(capsys)
+    assert "'actstore lens' needs the capture package" in line, line
+    assert main(["info", str(store), "--json"]) == 0
+
+
 def _sae_file(path: Path, *, d: int, m: int = 48, seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save_file

@@ -6,7 +6,8 @@ server, no network, no CDN. Open ``index.html`` in a browser.
 A feature page holds its activation histogram, firing density by denoising step and by task (or episode), the mean
 activation by step, its top examples (``FeatureSet.top``: activation, row, sample, step, position, token, prompt;
 the prompt token highlighted for the instruction role, the action token and step for the decision role) and, when
-a model is given and the role is ``decision``, the velocity the feature writes (:func:`feature_velocity`).
+a ``velocity`` readout is given and the role is ``decision``, the velocity the feature writes (the model-specific
+readout lives with the model layouts in capture: ``capture.feature_velocity``; this package never imports capture).
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ from .._format import NO_STEP
 from . import _svg
 
 if TYPE_CHECKING:
-    from torch import nn
+    from collections.abc import Callable
+
+    import torch
 
     from .._features import FeatureSet, TopExamples
+
+    VelocityReadout = Callable[[FeatureSet, int, int], tuple[torch.Tensor, TopExamples]]
 
 __all__ = ["DashboardConfig", "write_dashboard"]
 
@@ -266,10 +271,13 @@ def _summary_tokens(top: TopExamples, role: str) -> str:
 
 
 def write_dashboard(fs: FeatureSet, out: str | os.PathLike[str], config: DashboardConfig | None = None, *,
-                    model: nn.Module | None = None, overwrite: bool = False, progress: bool = False) -> Path:
+                    velocity: VelocityReadout | None = None, overwrite: bool = False,
+                    progress: bool = False) -> Path:
     """Write the site of feature group ``fs`` into folder ``out`` (which must not exist, or must be a dashboard
-    written before, with ``overwrite``); returns the path of ``index.html``. With ``model`` (the policy the store
-    was captured from) and the decision role, each page shows the velocity its feature writes."""
+    written before, with ``overwrite``); returns the path of ``index.html``. With ``velocity`` (decision role), each
+    page shows the velocity its feature writes: ``velocity(fs, f, k)`` returns the ``(k, action_dim)`` velocity
+    changes on the feature's top ``k`` rows and those rows' ``TopExamples``, e.g.
+    ``lambda fs, f, k: capture.feature_velocity(fs, model, f, k)`` with the policy the store was captured from."""
     cfg = config or DashboardConfig()
     root = Path(out)
     if root.exists():
@@ -279,9 +287,9 @@ def write_dashboard(fs: FeatureSet, out: str | os.PathLike[str], config: Dashboa
             raise StoreExistsError(f"{root} exists and is not a dashboard actstore wrote (no {MARKER}); refusing to "
                                    "replace it: choose another --out")
         shutil.rmtree(root)
-    if model is not None and fs.role == "instruction":
+    if velocity is not None and fs.role == "instruction":
         raise ConfigError("the velocity lens reads decision rows; feature group "
-                          f"{fs.name!r} holds instruction rows: leave out the model")
+                          f"{fs.name!r} holds instruction rows: leave out the velocity readout (--lens, --model)")
     count = fs.array("count")
     order = np.argsort(-count, kind="stable")
     feats = [int(f) for f in order[: cfg.max_features] if count[f] > 0]
@@ -298,13 +306,9 @@ def write_dashboard(fs: FeatureSet, out: str | os.PathLike[str], config: Dashboa
     top_tokens: dict[int, str] = {}
     ids = sorted(feats)
     for i, f in enumerate(ids):
-        velocity = None
-        if model is not None:
-            from ._lens import feature_velocity
-
-            velocity = feature_velocity(fs, model, f, cfg.lens_examples)
+        written = None if velocity is None else velocity(fs, f, cfg.lens_examples)
         nav = (ids[i - 1] if i else None, ids[i + 1] if i + 1 < len(ids) else None)
-        (tmp / "f" / f"{f}.html").write_text(_feature_page(fs, f, cfg, prompts, velocity, nav), encoding="utf-8")
+        (tmp / "f" / f"{f}.html").write_text(_feature_page(fs, f, cfg, prompts, written, nav), encoding="utf-8")
         top_tokens[f] = _summary_tokens(fs.top(f, min(cfg.top, fs.record["top_k"])), fs.role)
         if bar is not None:
             bar.update(1)
@@ -312,6 +316,6 @@ def write_dashboard(fs: FeatureSet, out: str | os.PathLike[str], config: Dashboa
         bar.close()
     (tmp / "index.html").write_text(_index(fs, feats, cfg, top_tokens), encoding="utf-8")
     (tmp / MARKER).write_text(json.dumps({"group": fs.name, "features": feats, "store": str(fs.store.path),
-                                          "lens": model is not None}))
+                                          "lens": velocity is not None}))
     os.replace(tmp, root)
     return root / "index.html"

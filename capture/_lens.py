@@ -6,37 +6,39 @@
 - :func:`logit_lens` - instruction rows of PaliGemma -> PaliGemma's final norm -> ``paligemma.lm_head`` (tied to the
   token embedding): top-k vocabulary ids, logits and, with a tokenizer, tokens.
 - :func:`apply_lens` - the general form, by head name (:data:`HEADS`).
+- :func:`feature_velocity` - an SAE feature's decoder direction through the velocity lens: the action change the
+  feature writes (the dashboard's readout).
 
-Which module paths hold these is a :class:`LensLayout` (``openpi`` and the built-in reference, ``lerobot`` policies
-with their ``model.`` prefix, ``transformers-pi0`` whose expert has a plain RMSNorm and no AdaRMS), picked from the
-model's structure by :func:`layout_for` or given explicitly.
+Which module paths hold the norms and heads is a :class:`~capture.ModelLayout` (``capture._layouts``, shared with
+the capture adapters), picked from the model's structure by :func:`~capture.layout_for` or given explicitly. Only
+actstore's public reading API is used (``ActStore.select``, ``cond``, views).
 
-The action expert's ``lm_head`` (``gemma_expert.lm_head``) was never trained (the JAX model has no unembedding for the expert,
-the converter never fills it, training never sends it a gradient): decoding through it is refused with :class:`UntrainedHeadError` unless ``allow_untrained=True``.
+The action expert's ``lm_head`` (``gemma_expert.lm_head``) was never trained (the JAX model has no unembedding for
+the expert, the converter never fills it, training never sends it a gradient): decoding through it is refused with
+:class:`~capture.UntrainedHeadError` unless ``allow_untrained=True``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._config import ConfigError
-from ._errors import UnknownKeyError
-from ._reader import ActStore
+from actstore import ConfigError, UnknownKeyError
 
-__all__ = ["HEADS", "LAYOUTS", "HeadSpec", "LensLayout", "TopK", "UntrainedHeadError", "apply_lens", "layout_for",
-           "logit_lens", "velocity_lens"]
+from ._errors import UntrainedHeadError
+from ._layouts import ModelLayout, layout_for
 
+if TYPE_CHECKING:
+    from actstore import ActStore, FeatureSet, TopExamples
 
-class UntrainedHeadError(ConfigError):
-    """A lens was asked to decode through a head that holds no trained weights (a refused option: a
-    :class:`~actstore.ConfigError`, hence a ``ValueError``)."""
+__all__ = ["HEADS", "HeadSpec", "TopK", "apply_lens", "check_head", "feature_velocity", "logit_lens",
+           "velocity_lens"]
 
 
 @dataclass(frozen=True)
@@ -66,62 +68,6 @@ HEADS: dict[str, HeadSpec] = {
 """Head name -> what it is and whether it is trained."""
 
 
-@dataclass(frozen=True)
-class LensLayout:
-    """Module paths of the final norms and heads in one family of models (``None``: the model has no such head)."""
-
-    name: str
-    expert_norm: str
-    """Final norm of the action expert; called ``norm(x, cond)`` when ``adaptive`` else ``norm(x)``."""
-    vlm_norm: str
-    """Final norm of PaliGemma's language model."""
-    heads: dict[str, str | None] = field(default_factory=dict)
-    """Head name (a key of ``HEADS``) -> module path (a Linear, or an Embedding used as a tied unembedding)."""
-    adaptive: bool = True
-    """The expert's final norm takes the AdaRMS conditioning (pi0.5); False for pi0."""
-    cond: str | None = "adarms"
-    """Name of the store's conditioning that feeds the adaptive norm."""
-
-
-def _pi_layout(name: str, prefix: str, adaptive: bool) -> LensLayout:
-    pwe = prefix + "paligemma_with_expert."
-    return LensLayout(
-        name, pwe + "gemma_expert.model.norm", pwe + "paligemma.model.language_model.norm",
-        {"action": prefix + "action_out_proj", "vlm_lm_head": pwe + "paligemma.lm_head",
-         "expert_lm_head": pwe + "gemma_expert.lm_head"},
-        adaptive=adaptive, cond="adarms" if adaptive else None)
-
-
-LAYOUTS: dict[str, LensLayout] = {
-    "openpi": _pi_layout("openpi", "", True),
-    "lerobot": _pi_layout("lerobot", "model.", True),
-    "transformers-pi0": LensLayout(
-        "transformers-pi0", "model.dit.norm", "model.vlm.language_model.norm",
-        {"action": "action_out_proj", "vlm_lm_head": "model.vlm.language_model.embed_tokens",
-         "expert_lm_head": None},
-        adaptive=False, cond=None),
-}
-"""Known layouts. ``openpi`` also fits the built-in reference policy and lerobot's core ``PI05Pytorch``;
-``lerobot`` fits a ``PI05Policy`` (which wraps the core in ``.model``)."""
-
-
-def layout_for(model: nn.Module) -> LensLayout:
-    """Pick the layout from the model's structure (pi0 vs pi0.5: whether the expert's final norm is adaptive)."""
-    if type(model).__name__ == "PI0ForConditionalGeneration":
-        return LAYOUTS["transformers-pi0"]
-    if hasattr(model, "paligemma_with_expert"):
-        base, prefix = LAYOUTS["openpi"], ""
-    elif hasattr(getattr(model, "model", None), "paligemma_with_expert"):
-        base, prefix = LAYOUTS["lerobot"], "model."
-    else:
-        raise UnknownKeyError(
-            f"no known lens layout for {type(model).__name__}; layouts are {sorted(LAYOUTS)} - pass "
-            "layout=LensLayout(...) with the module paths of the final norms and heads")
-    norm = model.get_submodule(base.expert_norm)
-    adaptive = getattr(norm, "dense", None) is not None
-    return base if adaptive else _pi_layout(base.name + "-pi0", prefix, False)
-
-
 def _module(model: nn.Module, path: str, what: str) -> nn.Module:
     try:
         return model.get_submodule(path)
@@ -135,7 +81,9 @@ def _head_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return module
 
 
-def _check_head(head: str, allow_untrained: bool) -> HeadSpec:
+def check_head(head: str, allow_untrained: bool = False) -> HeadSpec:
+    """The head's spec; refuses an unknown head (``UnknownKeyError``) and an untrained one unless allowed
+    (:class:`~capture.UntrainedHeadError`). Cheap: call it before loading a model."""
     spec = HEADS.get(head)
     if spec is None:
         raise UnknownKeyError(f"unknown head {head!r}; heads are {sorted(HEADS)}")
@@ -152,7 +100,7 @@ def _params(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
-def _chunked(store: ActStore, model: nn.Module, layout: LensLayout, head: str, layer: int | str, role: str,
+def _chunked(store: ActStore, model: nn.Module, layout: ModelLayout, head: str, layer: int | str, role: str,
              step: int | Sequence[int] | None, sample: int | Sequence[int] | None, batch_rows: int,
              reduce: Callable[[torch.Tensor], Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
     spec = HEADS[head]
@@ -186,11 +134,11 @@ def _chunked(store: ActStore, model: nn.Module, layout: LensLayout, head: str, l
 
 def apply_lens(store: ActStore, model: nn.Module, layer: int | str, *, role: str = "decision", head: str = "action",
                step: int | Sequence[int] | None = None, sample: int | Sequence[int] | None = None,
-               layout: LensLayout | None = None, allow_untrained: bool = False,
+               layout: ModelLayout | None = None, allow_untrained: bool = False,
                batch_rows: int = 4096) -> torch.Tensor:
     """Rows of ``store[layer, role]`` (optionally only ``step`` / ``sample``) -> final norm -> ``head``, in the
     head's parameter dtype on its device; shape (rows, head output). Rows are in store order (``store.select``)."""
-    _check_head(head, allow_untrained)
+    check_head(head, allow_untrained)
     outs, _ = _chunked(store, model, layout or layout_for(model), head, layer, role, step, sample, batch_rows,
                        lambda y: y)
     return torch.cat(outs) if outs else torch.zeros(0)
@@ -198,7 +146,7 @@ def apply_lens(store: ActStore, model: nn.Module, layer: int | str, *, role: str
 
 def velocity_lens(store: ActStore, model: nn.Module, layer: int | str, step: int | Sequence[int] | None = None, *,
                   sample: int | Sequence[int] | None = None, role: str = "decision",
-                  layout: LensLayout | None = None, batch_rows: int = 4096) -> torch.Tensor:
+                  layout: ModelLayout | None = None, batch_rows: int = 4096) -> torch.Tensor:
     """Decision rows at ``layer`` read out as velocities: ``action_out_proj(expert_final_norm(x, adarms_cond))``.
 
     Each row is normalised with the conditioning of its own (sample, denoising step). Returns (rows, action_dim),
@@ -236,7 +184,7 @@ def _decoder(tokenizer: Any) -> Callable[[int], str]:
 def logit_lens(store: ActStore, model: nn.Module, layer: int | str, sample: int | Sequence[int] | None = None,
                tokenizer: Any = None, k: int = 5, *, role: str = "instruction", head: str = "vlm_lm_head",
                step: int | Sequence[int] | None = None,
-               layout: LensLayout | None = None, allow_untrained: bool = False, batch_rows: int = 1024) -> TopK:
+               layout: ModelLayout | None = None, allow_untrained: bool = False, batch_rows: int = 1024) -> TopK:
     """Instruction rows at ``layer`` -> PaliGemma final norm -> ``lm_head``; the top ``k`` tokens of every row.
 
     ``sample`` restricts to some samples (rows in store order: by sample, then position). Only the top k of each
@@ -245,7 +193,7 @@ def logit_lens(store: ActStore, model: nn.Module, layer: int | str, sample: int 
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    _check_head(head, allow_untrained)
+    check_head(head, allow_untrained)
 
     def top(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         vals, ids = logits.float().topk(min(k, logits.shape[-1]), dim=-1)
@@ -259,3 +207,40 @@ def logit_lens(store: ActStore, model: nn.Module, layer: int | str, sample: int 
         dec = _decoder(tokenizer)
         tokens = [[dec(i) for i in row] for row in ids.tolist()]
     return TopK(ids, vals, rows, tokens)
+
+
+@torch.no_grad()
+def feature_velocity(fs: FeatureSet, model: nn.Module, f: int, k: int = 8, *,
+                     layout: ModelLayout | None = None) -> tuple[torch.Tensor, TopExamples]:
+    """The velocity feature ``f`` writes on its ``k`` top decision rows: for each row ``x`` (activation ``a``),
+    ``head(norm(x, cond)) - head(norm(x - a * W_dec[f], cond))`` with the expert's final norm, the row's own stored
+    conditioning and ``action_out_proj`` (the velocity lens, :func:`velocity_lens`), i.e. the velocity with the
+    feature minus the velocity with its contribution taken out. Returns ``(k, action_dim)`` float32 on the CPU and
+    the examples (``fs.top(f, k)``). ``actstore.write_dashboard(..., velocity=...)`` shows it on each page."""
+    if fs.role == "instruction":
+        raise ConfigError(f"the velocity lens reads decision (action-expert) rows; feature group {fs.name!r} holds "
+                          f"role {fs.role!r}")
+    layout = layout or layout_for(model)
+    norm = model.get_submodule(layout.expert_norm)
+    head_path = layout.heads.get("action")
+    if head_path is None:
+        raise ConfigError(f"layout {layout.name!r} has no action head")
+    head: Any = model.get_submodule(head_path)
+    p = next(head.parameters())
+    top = fs.top(f, k)
+    if len(top) == 0:
+        return torch.zeros(0, head.out_features), top
+    x = fs.store.view(fs.layer, fs.role)[top.row].to(p.device, torch.float32)
+    w = fs.sae().W_dec[int(f)].to(p.device, torch.float32)
+    without = x - torch.as_tensor(top.activation, device=p.device, dtype=torch.float32)[:, None] * w
+
+    def read(h: torch.Tensor) -> torch.Tensor:
+        h = h.to(p.dtype)
+        if layout.adaptive:
+            cond = fs.store.cond(layout.cond, role=fs.role, rows=top.row).to(p.device, p.dtype)
+            out = norm(h, cond)
+        else:
+            out = norm(h)
+        return head(out[0] if isinstance(out, tuple) else out).float()
+
+    return (read(x) - read(without)).cpu(), top

@@ -380,7 +380,7 @@ class Recorder:
 def _caller_level() -> int:
     """``stacklevel`` of the first frame outside torch and this package (the model code that called the module)."""
     inside = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
-    frame, level = sys._getframe(2), 2  # the caller of the function that calls warnings.warn
+    frame, level = sys._getframe(2), 2  # noqa: SLF001 (CPython API); the caller of the warnings.warn caller
     while frame is not None and frame.f_code.co_filename.startswith(inside):
         frame, level = frame.f_back, level + 1
     return level

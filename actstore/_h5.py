@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from ._codec import BlockCodec, crc32c
-from ._errors import CorruptStoreError, NotAStoreError, StoreExistsError
+from ._errors import ActStoreError, CorruptStoreError, NotAStoreError, StoreExistsError
 from ._format import META_KEY
 from ._lock import FileLock
 from ._storage import Backend
@@ -258,12 +258,18 @@ class H5Backend(Backend):
             row = block * ds.chunks[0]
             if row >= ds.shape[0]:
                 raise CorruptStoreError(f"block {block} of {key} lies past the end of {self.path}")
-            info = ds.id.get_chunk_info_by_coord((row, 0))
-            if info.byte_offset is None:
-                return None
-            _mask, data = ds.id.read_direct_chunk((row, 0))
-            crc = self._crc(key)
-            stored = None if crc is None else (int(crc[block]) if block < crc.shape[0] else -1)
+            try:  # damaged HDF5 structures (a chunk B-tree, the checksum dataset) surface as h5py's own errors
+                info = ds.id.get_chunk_info_by_coord((row, 0))
+                if info.byte_offset is None:
+                    return None
+                _mask, data = ds.id.read_direct_chunk((row, 0))
+                crc = self._crc(key)
+                stored = None if crc is None else (int(crc[block]) if block < crc.shape[0] else -1)
+            except ActStoreError:
+                raise
+            except (RuntimeError, OSError, ValueError, KeyError) as exc:
+                raise CorruptStoreError(f"cannot read block {block} of {key} in {self.path}: the file's HDF5 "
+                                        f"structures are damaged ({exc})") from exc
         if stored is not None and int.from_bytes(crc32c(data), "little") != stored:
             raise CorruptStoreError(f"checksum mismatch in block {block} of {key} in {self.path}: the stored bytes "
                                     "are corrupt")

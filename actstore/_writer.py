@@ -120,40 +120,11 @@ class StoreWriter:
         """Append ``N`` rows of one role: its row table and the activations of all its layers at once."""
         self._check_open()
         check_name(role, "role")
-        if not isinstance(acts, Mapping) or not acts:
-            raise SchemaMismatchError(f"acts of role {role!r} must be a non-empty mapping of layer to (N, d) tensor")
         spec = self._schema["roles"].get(role)
-        layer_names = {check_name(layer, "layer"): layer for layer in acts}
-        if spec is not None:
-            known = {str(e["layer"]): e for e in spec["layers"]}
-            if set(layer_names) != set(known):
-                raise SchemaMismatchError(
-                    f"role {role!r} holds layers {sorted(known, key=natural)}; an append must give exactly those, "
-                    f"got {sorted(layer_names, key=natural)}"
-                )
-        arrays: list[tuple[str, np.ndarray]] = []
-        n: int | None = None
-        new_layers = []
-        for text, layer in layer_names.items():
-            entry = None if spec is None else next(e for e in spec["layers"] if str(e["layer"]) == text)
-            arr, dtype = check_acts(
-                acts[layer],
-                f"layer {layer!r} of role {role!r}",
-                None if entry is None else entry["d"],
-                None if entry is None else entry["dtype"],
-            )
-            if n is None:
-                n = arr.shape[0]
-            elif arr.shape[0] != n:
-                raise SchemaMismatchError(f"layers of role {role!r} disagree on the row count: {arr.shape[0]} vs {n}")
-            self._check_finite(arr, dtype, f"layer {layer!r} of role {role!r}")
-            arrays.append((acts_key(role, text), arr))
-            new_layers.append({"layer": layer, "d": int(arr.shape[1]), "dtype": dtype})
-        assert n is not None
+        arrays, n, layers = self._layer_arrays(role, acts, spec)
         mat, columns = row_matrix(rows, n, None if spec is None else spec["columns"], ROW_COLUMNS, f"role {role!r}")
         if spec is None:
-            new_layers.sort(key=lambda e: natural(str(e["layer"])))
-            self._declare("role", role, {"columns": columns, "layers": new_layers})
+            self._declare("role", role, {"columns": columns, "layers": layers})
         self._put(Append(((rows_key(role), mat), *arrays), done), ("roles", role), n)
 
     def append_cond(self, name: str, rows: Mapping[str, Any], acts: Any, *, done: Done = None) -> None:
@@ -196,23 +167,7 @@ class StoreWriter:
                         f"the samples table {'has' if spec[key] else 'has no'} {key!r}; every append_samples call "
                         f"must {'pass' if spec[key] else 'omit'} it"
                     )
-        prompt_len = None if spec is None else spec["prompt_len"]
-        arrays: list[tuple[str, np.ndarray]] = [(SAMPLE_KEYS["table"], table)]
-        for key in ("instruction_mask", "prompt_ids"):
-            value = instruction_mask if key == "instruction_mask" else prompt_ids
-            if value is None:
-                continue
-            mat = as_int_matrix(value, key, n, np.uint8 if key == "instruction_mask" else np.int64)
-            if prompt_len is None:
-                prompt_len = mat.shape[1]
-            mat = pad_to(mat, prompt_len, key)
-            arrays.append((SAMPLE_KEYS[key], mat))
-        prompt_bytes = None if spec is None else spec["prompt_bytes"]
-        if prompt is not None:
-            if isinstance(prompt, str) or len(prompt) != n:
-                raise SchemaMismatchError(f"prompt must be a list of {n} strings, one per sample")
-            prompt_bytes = prompt_bytes or self.config.max_prompt_bytes
-            arrays.append((SAMPLE_KEYS["prompt"], encode_prompts(prompt, prompt_bytes)))
+        context, prompt_len, prompt_bytes = self._context_arrays(n, spec, prompt, prompt_ids, instruction_mask)
         if spec is None:
             self._declare(
                 "samples",
@@ -222,7 +177,7 @@ class StoreWriter:
         new = [int(s) for s in ids]
         self._sample_ids.update(new)
         self._new_ids.extend(new)
-        self._put(Append(tuple(arrays)), ("samples", None), n)
+        self._put(Append(((SAMPLE_KEYS["table"], table), *context)), ("samples", None), n)
 
     def commit(self, progress: Mapping[str, Any] | None = None) -> None:
         """Mark a consistent point; everything appended so far becomes visible together (within the interval)."""
@@ -296,6 +251,64 @@ class StoreWriter:
         if self._closed:
             raise WriterClosedError(f"the writer of {self.path} is closed")
         self._raise_if_failed()
+
+    def _layer_arrays(self, role: str, acts: Mapping[Any, Any], spec: dict[str, Any] | None,
+                      ) -> tuple[list[tuple[str, np.ndarray]], int, list[dict[str, Any]]]:
+        """The checked activations of every layer of one append: (key, rows) pairs, the row count and the layer
+        entries of a role's spec (in natural layer order; used when ``spec`` is None, i.e. a new role)."""
+        if not isinstance(acts, Mapping) or not acts:
+            raise SchemaMismatchError(f"acts of role {role!r} must be a non-empty mapping of layer to (N, d) tensor")
+        layer_names = {check_name(layer, "layer"): layer for layer in acts}
+        if spec is not None:
+            known = {str(e["layer"]): e for e in spec["layers"]}
+            if set(layer_names) != set(known):
+                raise SchemaMismatchError(
+                    f"role {role!r} holds layers {sorted(known, key=natural)}; an append must give exactly those, "
+                    f"got {sorted(layer_names, key=natural)}"
+                )
+        arrays: list[tuple[str, np.ndarray]] = []
+        n: int | None = None
+        layers = []
+        for text, layer in layer_names.items():
+            entry = None if spec is None else next(e for e in spec["layers"] if str(e["layer"]) == text)
+            arr, dtype = check_acts(
+                acts[layer],
+                f"layer {layer!r} of role {role!r}",
+                None if entry is None else entry["d"],
+                None if entry is None else entry["dtype"],
+            )
+            if n is None:
+                n = arr.shape[0]
+            elif arr.shape[0] != n:
+                raise SchemaMismatchError(f"layers of role {role!r} disagree on the row count: {arr.shape[0]} vs {n}")
+            self._check_finite(arr, dtype, f"layer {layer!r} of role {role!r}")
+            arrays.append((acts_key(role, text), arr))
+            layers.append({"layer": layer, "d": int(arr.shape[1]), "dtype": dtype})
+        assert n is not None
+        layers.sort(key=lambda e: natural(str(e["layer"])))
+        return arrays, n, layers
+
+    def _context_arrays(self, n: int, spec: dict[str, Any] | None, prompt: list[str] | None, prompt_ids: Any,
+                        instruction_mask: Any) -> tuple[list[tuple[str, np.ndarray]], int | None, int | None]:
+        """The instruction mask, prompt ids and prompt text of ``n`` samples as (key, rows) pairs, padded to the
+        samples table's ``prompt_len`` / ``prompt_bytes`` (set by the first call), and those two widths."""
+        prompt_len = None if spec is None else spec["prompt_len"]
+        arrays: list[tuple[str, np.ndarray]] = []
+        for key in ("instruction_mask", "prompt_ids"):
+            value = instruction_mask if key == "instruction_mask" else prompt_ids
+            if value is None:
+                continue
+            mat = as_int_matrix(value, key, n, np.uint8 if key == "instruction_mask" else np.int64)
+            if prompt_len is None:
+                prompt_len = mat.shape[1]
+            arrays.append((SAMPLE_KEYS[key], pad_to(mat, prompt_len, key)))
+        prompt_bytes = None if spec is None else spec["prompt_bytes"]
+        if prompt is not None:
+            if isinstance(prompt, str) or len(prompt) != n:
+                raise SchemaMismatchError(f"prompt must be a list of {n} strings, one per sample")
+            prompt_bytes = prompt_bytes or self.config.max_prompt_bytes
+            arrays.append((SAMPLE_KEYS["prompt"], encode_prompts(prompt, prompt_bytes)))
+        return arrays, prompt_len, prompt_bytes
 
     def _failed(self) -> BaseException | None:
         return self._thread.error

@@ -42,13 +42,15 @@ from ._errors import ActStoreError
 PROG = "actstore"
 
 Pos = tyro.conf.Positional
+StorePath = Annotated[str, Pos, tyro.conf.arg(metavar="STORE")]
+"""A store path as the positional argument, named STORE in usage lines."""
 
 
 @dataclass(frozen=True)
 class Info:
     """Summarise a store: layers, roles, steps, rows, d, dtype, codec, size and compression ratio."""
 
-    path: Annotated[str, Pos]
+    path: StorePath
     """Store to describe (a .zarr directory or a .h5 file)."""
     json: bool = False
     """Print machine-readable JSON instead of tables."""
@@ -58,7 +60,7 @@ class Info:
 class Plot:
     """Write a PNG of one (layer, role): token norms per layer and per denoising step, outlier dimensions, PCA."""
 
-    path: Annotated[str, Pos]
+    path: StorePath
     """Store to plot."""
     layer: str
     """Layer to plot (the norms panel shows every layer of the role)."""
@@ -80,7 +82,7 @@ class Plot:
 class Export:
     """Export to another backend (zarr <-> h5, whole store, bit-exact) or to npy / safetensors (selectable)."""
 
-    path: Annotated[str, Pos]
+    path: StorePath
     """Store to export."""
     to: Literal["h5", "zarr", "npy", "safetensors"]
     """Target format: h5 / zarr (an actstore store), npy (a directory + manifest.json) or one safetensors file."""
@@ -105,7 +107,7 @@ class Lens:
     """Read rows out through the model's final norm and a trained head (velocity lens / logit lens); needs the
     capture package (model layouts and lenses)."""
 
-    path: Annotated[str, Pos]
+    path: StorePath
     """Store to read."""
     layer: str
     """Layer whose rows are read out."""
@@ -138,7 +140,7 @@ class Lens:
 class Verify:
     """Check a store's metadata, checksums and tables; exit 1 if problems are found."""
 
-    path: Annotated[str, Pos]
+    path: StorePath
     """Store to verify."""
 
 
@@ -146,7 +148,7 @@ class Verify:
 class Shuffle:
     """Copy a store with every role's rows in one uniformly random order (out of core, resumable)."""
 
-    path: Annotated[str, Pos]
+    path: StorePath
     """Store to shuffle."""
     out: str | None = None
     """Destination store (default: <name>.shuffled.zarr / .h5 next to the source)."""
@@ -167,7 +169,7 @@ class Features:
     """Stream a (layer, role) through an SAE into a derived feature group (top examples, histograms, density by
     step and by task); resumable, on the GPU when there is one. Query it with store.features(name)."""
 
-    path: Annotated[str, Pos]
+    path: StorePath
     """Store to read (a local .zarr directory or .h5 file; the group is written beside the captured arrays)."""
     sae: str
     """SAE weights (.safetensors / .npz with W_enc, W_dec, b_enc, b_dec, + threshold for JumpReLU)."""
@@ -200,7 +202,7 @@ class Dashboard:
     """Write a static site (open index.html; no server) of a feature group: a searchable feature list and per
     feature its histogram, density by step and by task, top examples and, with a model, the velocity it writes."""
 
-    path: Annotated[str, Pos]
+    path: StorePath
     """Store holding the feature group."""
     features: str
     """Name of the feature group (actstore features --name)."""

@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import actstore
+
 from ._errors import SiteError
 
 __all__ = ["BatchContext", "Selection", "Selector", "Site", "RoleSpec", "decision", "instruction", "full", "suffix",
            "SELECTORS", "NO_STEP"]
 
-NO_STEP = -1
-"""Step written into rows of roles that are not stepped (prefix-only layers run once per forward call)."""
+NO_STEP = actstore.NO_STEP
+"""Step written into rows of roles that are not stepped (prefix-only layers run once per forward call): the
+store's own constant, re-exported."""
 
 
 @dataclass

@@ -257,6 +257,15 @@ def _modules_after(code: str) -> set[str]:
     return set(proc.stdout.rsplit("loaded:", 1)[1].split())
 
 
+@pytest.mark.parametrize("sub", ["info", "plot", "export", "lens", "verify", "shuffle", "features", "dashboard"])
+def test_usage_lines_name_the_store_and_hold_no_paths(sub: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([sub, "--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert usage.startswith(f"usage: actstore {sub} ") and "STORE" in usage and " STR" not in usage, usage
+    assert "/" not in usage, usage  # no absolute paths (of the interpreter or the repo) in usage lines
+
+
 def test_cli_help_version_do_not_import_torch() -> None:
     cli = "from actstore.__main__ import main\ntry:\n    main({argv})\nexcept SystemExit:\n    pass\n"
     assert _modules_after(cli.format(argv=["--version"])) == set()

@@ -51,7 +51,7 @@ class WriterThread(threading.Thread):
     the constructor, on the caller's thread.
     """
 
-    def __init__(self, backend: Backend, meta: dict[str, Any], config: StoreConfig, queue: ByteQueue, *,
+    def __init__(self, backend: Backend, meta: dict[str, Any], config: StoreConfig, queue: ByteQueue[Message], *,
                  resumed: bool) -> None:
         super().__init__(name="actstore-writer", daemon=True)
         self.error: BaseException | None = None

@@ -36,7 +36,7 @@ from ._format import (
     cond_rows_key,
     rows_key,
 )
-from ._messages import Append, Close, Commit, Declare, Done, Flush, Mark, Rollback
+from ._messages import Append, Close, Commit, Declare, Done, Flush, Mark, Message, Rollback
 from ._queue import ByteQueue
 from ._schema import (
     as_index_column,
@@ -99,7 +99,7 @@ class StoreWriter:
         self._new_ids: list[int] = []
         """Sample ids appended since the last mark (forgotten again by ``rollback``)."""
         self._closed = False
-        self._queue = ByteQueue(config.queue_bytes)
+        self._queue: ByteQueue[Message] = ByteQueue(config.queue_bytes)
         self._thread = WriterThread(backend, meta, config, self._queue, resumed=resumed)
         self._sample_ids: set[int] = set(self._thread.committed_sample_ids())
         self._thread.start()

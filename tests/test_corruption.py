@@ -36,11 +36,6 @@ PER_KIND = {"zarr": 7, "hdf5": 8}
 """Random cases per file kind (7 kinds on Zarr, 6 on HDF5), plus ``META_BITS`` bits of the record: ~60 each."""
 META_BITS = {"zarr": 11, "hdf5": 12}
 
-_H5_UNTYPED = r"^untyped open/read raised (RuntimeError|OSError): Can't .*(chunk|B-tree)"
-_H5_REASON = ("hdf5 {kind}: damage in an HDF5 chunk B-tree makes h5py raise an untyped RuntimeError / OSError "
-              "(get_chunk_info_by_coord, read_direct_chunk, or the crc32c dataset read) from "
-              "_h5.H5Backend.read_block instead of a CorruptStoreError (verify reports it)")
-
 KNOWN_BAD: dict[tuple[str, str], tuple[str, str]] = {
     ("zarr", "swap_block"): (
         r"^silent\b",
@@ -55,8 +50,6 @@ KNOWN_BAD: dict[tuple[str, str], tuple[str, str]] = {
         "width and dtype, or another chunk of the same array) passes every crc32c and reads as the wrong rows; "
         "verify says OK; needs the chunk bound to its array and position (integrity-storage)",
     ),
-    ("hdf5", "bitflip"): (_H5_UNTYPED, _H5_REASON.format(kind="bitflip")),
-    ("hdf5", "zero64"): (_H5_UNTYPED, _H5_REASON.format(kind="zero64")),
 }
 """(backend, kind) -> (regex over ``"<outcome> <detail>"`` that a known BAD case matches, reason)."""
 
@@ -128,3 +121,16 @@ def test_bad_only_known(pristine: dict[str, Pristine], tmp_path: Path, backend: 
     known = KNOWN_BAD.get((backend, kind))
     new = [r for r in results if r.outcome in BAD and (known is None or not re.search(known[0], f"{r.outcome} {r.detail}"))]
     assert not new, f"{len(new)} {backend} {kind} cases fail in a way not named in KNOWN_BAD:\n{_show(new)}"
+
+
+# HDF5 chunk B-tree / checksum-dataset damage that h5py reported as an untyped RuntimeError / OSError before 587c7de,
+# found by the full campaign on the seed-0 store: (kind, offset in the .h5 file, bit).
+H5_STRUCTURE_CASES = [("zero64", 38399, 3), ("zero64", 16466, 4), ("zero64", 9399, 7)]
+
+
+def test_hdf5_structure_damage_is_typed(tmp_path: Path) -> None:
+    p = build_pristine(tmp_path / "seed0", "hdf5", seed=0)
+    for kind, offset, bit in H5_STRUCTURE_CASES:
+        r = run_case(p, Case("hdf5", kind, "", offset, bit), tmp_path / "work")
+        assert r.outcome == "error" and r.detail.startswith("CorruptStoreError"), r
+        assert r.verify_ok is False, r

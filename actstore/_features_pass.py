@@ -68,11 +68,10 @@ class SAEEncoder(nn.Module):
     def encode_sparse(self, x_BD: torch.Tensor, *, chunk_rows: int | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The non-zero codes as ``(row_N, feature_N, value_N)``, rows ascending; ``x`` of any float dtype and
-        device. Rows go through in chunks of ``chunk_rows`` (default: the whole batch on a GPU; on the CPU about
-        1 MiB of pre-activations, so the float32 rows and the pre-activations stay in cache and no (rows, d_sae)
-        array is ever built)."""
+        device. Rows go through in chunks of ``chunk_rows`` (default: the whole batch on a GPU; 512 rows on the CPU,
+        so the float32 rows (2 MiB at d=1024) stay in cache and no (rows, d_sae) array is built)."""
         dev, n = self.W_enc.device, len(x_BD)
-        c = chunk_rows or (n if dev.type != "cpu" else max(32, min(512, (1 << 18) // self.d_sae)))
+        c = chunk_rows or (n if dev.type != "cpu" else 512)
         buf_CD = torch.empty(min(c, n), self.d_in, device=dev)  # reused: no fresh pages per batch
         topk = self.kind == "topk"
         if topk:
@@ -159,12 +158,18 @@ class FeaturePassConfig:
     """Where the SAE runs (None: cuda when available, else cpu)."""
     checkpoint_every: int = 50
     """Batches between checkpoints of the accumulators (resume after a kill)."""
+    cpu_threads: int | None = 1
+    """Intra-op torch threads of the reader and compute threads when the SAE runs on the CPU (1: best on a small or
+    busy machine, where parallel regions stall on busy cores; None: torch's default, for a big SAE on many idle
+    cores). The decode pool's threads are separate."""
 
     def __post_init__(self) -> None:
         check_name(self.name)
         if self.top_k < 1 or self.batch_rows < 1 or self.checkpoint_every < 1:
             raise ConfigError(f"top_k, batch_rows and checkpoint_every must be >= 1, got {self.top_k}, "
                               f"{self.batch_rows}, {self.checkpoint_every}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError(f"cpu_threads must be None (torch's default) or >= 1, got {self.cpu_threads}")
         lo, hi, bins = self.hist_log10
         if not lo < hi or bins < 1:
             raise ConfigError(f"hist_log10 must be (lo < hi, bins >= 1), got {self.hist_log10}")
@@ -343,9 +348,9 @@ def feature_pass(store: ActStore, sae_path: str | os.PathLike[str], cfg: Feature
             _update(st, codes, a, {g: v[a:a + len(x)].to(dev) for g, v in gidx_t.items()}, cfg.hist_log10)
 
     # Three threads in a pipeline: reader (batches i+1, i+2) | compute (batch i) | this one (progress, checkpoints). The
-    # workers run torch with one intra-op thread: the decode pool keeps the other cores, and the small per-batch
-    # ops stall badly when a parallel region waits for a busy core.
-    one = {"initializer": torch.set_num_threads, "initargs": (1,)}
+    # workers run torch with cfg.cpu_threads intra-op threads (default 1): the decode pool keeps the other cores,
+    # and the small per-batch ops stall badly when a parallel region waits for a busy core.
+    one = {"initializer": torch.set_num_threads, "initargs": (cfg.cpu_threads or torch.get_num_threads(),)}
     with ThreadPoolExecutor(1, thread_name_prefix="actstore-features-read", **one) as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="actstore-features-compute", **one) as worker:
         ahead = deque(reader.submit(read, a) for a in starts[:2])  # two batches read ahead, to ride out stalls

@@ -257,3 +257,11 @@ def test_batch_size_does_not_change_the_statistics(world: dict) -> None:
         for key in ("sum", "sum_by_step"):
             np.testing.assert_allclose(small.array(key), one.array(key), rtol=1e-12, err_msg=key)
         assert (small.array("top_row") == -1).any()  # some feature fired fewer than 40 times: the slots stay empty
+        feature_pass(store, world["topk"], FeaturePassConfig(layer=6, name="threads", batch_rows=64, top_k=40,
+                                                             cpu_threads=2), k=K, progress=False, overwrite=True)
+        threads = store.features("threads")
+        for key in ("count", "hist", "count_by_step", "top_row"):
+            np.testing.assert_array_equal(threads.array(key), small.array(key), err_msg=key)
+        np.testing.assert_allclose(threads.array("top_val"), small.array("top_val"), rtol=1e-6)
+    with pytest.raises(actstore.ConfigError, match="cpu_threads"):
+        FeaturePassConfig(layer=6, cpu_threads=0)

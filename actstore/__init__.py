@@ -31,6 +31,7 @@ from ._errors import (
 if TYPE_CHECKING:
     from ._backend import store_exists
     from ._config import CODECS, ConfigError, StoreConfig
+    from ._create import create
     from ._export import convert, export
     from ._features import FeatureSet, TopExamples
     from ._features_pass import FeaturePassConfig, feature_pass, load_sae
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from ._reader import open_store as open  # noqa: A004
     from ._verify import VerifyReport, verify
     from ._view import ActView
-    from ._writer import StoreWriter, create
+    from ._writer import StoreWriter
     from .dashboard import DashboardConfig, write_dashboard
 
 _LAZY: dict[str, tuple[str, str]] = {
@@ -59,7 +60,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "open": ("._reader", "open_store"),
     "ActView": ("._view", "ActView"),
     "StoreWriter": ("._writer", "StoreWriter"),
-    "create": ("._writer", "create"),
+    "create": ("._create", "create"),
     "verify": ("._verify", "verify"),
     "VerifyReport": ("._verify", "VerifyReport"),
     "export": ("._export", "export"),

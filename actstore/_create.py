@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import __version__
 from ._backend import Backend, create_backend, detect_backend, open_backend, store_exists
@@ -21,19 +21,11 @@ from ._format import new_metadata, seal_metadata, validate_metadata
 from ._h5stage import StagedH5Backend, open_staged
 from ._parts import ensure_root, parse_part, part_path
 from ._remote import is_url
-
-if TYPE_CHECKING:
-    from ._writer import StoreWriter
+from ._writer import StoreWriter
 
 __all__ = ["check_resumable", "create"]
 
 
-def _writer(be: Backend, meta: dict[str, Any], cfg: StoreConfig, *, resumed: bool) -> StoreWriter:
-    from ._writer import (
-        StoreWriter,  # _writer re-exports create: imported here, not at the top, to avoid a cycle
-    )
-
-    return StoreWriter(be, meta, cfg, resumed=resumed)
 
 
 def check_resumable(be: Backend, meta: dict[str, Any]) -> None:
@@ -118,7 +110,7 @@ def _start(be: Backend, attrs: dict[str, Any], cfg: StoreConfig, *, resumed: boo
             layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
             meta = new_metadata(attrs, layout, f"actstore {__version__}")
             be.write_meta(seal_metadata(meta), durable=cfg.durable)
-    except BaseException:
+        return StoreWriter(be, meta, cfg, resumed=resumed)  # reads a resumed store's partial chunks back
+    except BaseException:  # nothing holds the backend: release its lock now, not at process exit
         be.close_unpublished() if isinstance(be, StagedH5Backend) else be.close()
         raise
-    return _writer(be, meta, cfg, resumed=resumed)

@@ -24,7 +24,6 @@ import numpy as np
 from ._backend import Backend
 from ._chunks import count_nonfinite
 from ._config import StoreConfig
-from ._create import create
 from ._errors import SchemaMismatchError, WriterClosedError, WriterFailedError
 from ._format import (
     COND_COLUMNS,
@@ -49,7 +48,7 @@ from ._schema import (
 )
 from ._write_thread import WriterThread
 
-__all__ = ["StoreWriter", "create"]
+__all__ = ["StoreWriter"]
 
 
 _OPEN: weakref.WeakSet[StoreWriter] = weakref.WeakSet()

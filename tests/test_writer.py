@@ -233,3 +233,19 @@ def test_forgotten_close_commits_at_exit(tmp_path: Path) -> None:
     assert "closing the writer" in done.stderr
     with ActStore.open(tmp_path / "f.zarr") as store:
         assert len(store[0, "r"]) == 5 and store.commit["progress"] == {"batches": 1}
+
+
+def test_a_failed_resume_releases_the_lock(tmp_path: Path) -> None:
+    """create(resume=True) reads the partial last chunk back; when that fails (here a damaged block), the error
+    is raised and the store's lock is released at once, so a repaired or another attempt is not locked out."""
+    path = tmp_path / "s.zarr"
+    with actstore.create(path, chunk_rows=64, block_rows=16) as w:
+        w.append("decision", rows={"sample": np.arange(40), "step": np.zeros(40, np.int64),
+                                   "position": np.zeros(40, np.int64)}, acts={0: torch.ones(40, 8)})
+    chunk = path / "acts" / "decision" / "0" / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[8] ^= 0xFF  # inside the first block's compressed bytes: its crc32c no longer matches
+    chunk.write_bytes(bytes(data))
+    for _ in range(2):  # the second attempt would be StoreLockedError if the first had kept the lock
+        with pytest.raises(actstore.CorruptStoreError):
+            actstore.create(path, resume=True, chunk_rows=64, block_rows=16)

@@ -69,7 +69,9 @@ class SAEEncoder(nn.Module):
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The non-zero codes as ``(row_N, feature_N, value_N)``, rows ascending; ``x`` of any float dtype and
         device. Rows go through in chunks of ``chunk_rows`` (default: the whole batch on a GPU; 512 rows on the CPU,
-        so the float32 rows (2 MiB at d=1024) stay in cache and no (rows, d_sae) array is built)."""
+        so the float32 rows (2 MiB at d=1024) stay in cache and no (rows, d_sae) array is built). The matmul and
+        the bias add are separate, as in the formula (on one thread, the same floats as the whole batch at once;
+        ``addmm`` would round differently)."""
         dev, n = self.W_enc.device, len(x_BD)
         c = chunk_rows or (n if dev.type != "cpu" else 512)
         buf_CD = torch.empty(min(c, n), self.d_in, device=dev)  # reused: no fresh pages per batch
@@ -82,10 +84,10 @@ class SAEEncoder(nn.Module):
         for a in range(0, n, c):
             x_CD = buf_CD[:min(c, n - a)].copy_(x_BD[a:a + c])
             if topk:
-                pre_CM = torch.addmm(self.b_enc, x_CD.sub_(self.b_dec), self.W_enc)
+                pre_CM = torch.mm(x_CD.sub_(self.b_dec), self.W_enc).add_(self.b_enc)
                 torch.topk(pre_CM, k, dim=-1, sorted=False, out=(vals_BK[a:a + c], idx_BK[a:a + c]))
             else:
-                pre_CM = torch.addmm(self.b_enc, x_CD, self.W_enc)
+                pre_CM = torch.mm(x_CD, self.W_enc).add_(self.b_enc)
                 row_N, feat_N = (pre_CM > self.threshold).logical_and_(pre_CM != 0).nonzero(as_tuple=True)
                 parts.append((row_N + a, feat_N, pre_CM[row_N, feat_N]))
         if topk:

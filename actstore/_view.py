@@ -208,7 +208,8 @@ class ActView:
 
     def __getitem__(self, key: Any) -> torch.Tensor:
         arr = self.numpy(key)
-        if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d result into shape (1,))
+        if not arr.flags.c_contiguous or any(st < 0 for st in arr.strides):  # numpy calls a 1-element
+            # array with a negative stride contiguous, torch refuses it; np.ascontiguousarray would make 0-d (1,)
             arr = arr.copy()
         return from_storage(arr, self._dtype_name)
 

@@ -97,6 +97,15 @@ def test_row_and_column_indexing_matches_numpy(store_and_ref: tuple[ActStore, np
     np.testing.assert_array_equal(t.view(torch.uint16).numpy(), expect)
 
 
+@pytest.mark.parametrize("key", [(0, slice(0, None, -1)), (slice(3, 4), slice(2, 1, -1)), (slice(5, 4, -1), 0)])
+def test_one_element_results_with_a_negative_stride(store_and_ref: tuple[ActStore, np.ndarray], key: tuple) -> None:
+    """numpy calls a one-element array with a negative stride contiguous; torch refuses such strides (found by
+    hypothesis on CI: v[0, 0::-1] raised ValueError)."""
+    store, ref = store_and_ref
+    t = store[2, "decision"][key]
+    np.testing.assert_array_equal(t.view(torch.uint16).numpy(), ref[key])
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_out_of_range_is_store_index_error_where_numpy_raises(store_and_ref: tuple[ActStore, np.ndarray],

@@ -1,7 +1,8 @@
 """The feature pass: stream one (layer, role) of a store through an SAE and keep per-feature statistics.
 
-:func:`feature_pass` reads the rows in store order (a background thread reads and decodes the next batch while the
-SAE encodes this one, on the GPU when there is one), and keeps per feature:
+:func:`feature_pass` reads the rows in store order (a reader thread reads and decodes two batches ahead while a
+compute thread encodes this one, on the GPU when there is one), and keeps per feature, from the sparse codes only
+(``SAEEncoder.encode_sparse``; the work per batch is O(non-zero codes), never O(rows x features)):
 
 - ``top_val`` / ``top_row`` (features, top_k): the strongest activations and their row indices, best first;
 - ``hist`` (features, bins): counts of non-zero activations in log-spaced bins (``FeaturePassConfig.hist_log10``);

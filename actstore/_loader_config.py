@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ._config import ConfigError
 from ._format import DTYPES
 
-__all__ = ["LoaderConfig"]
+__all__ = ["LoaderConfig", "loader_config"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,16 @@ class LoaderConfig:
         if not 0 <= rank < world:
             raise ConfigError(f"rank {rank} is outside world_size {world}")
         return rank, world
+
+
+def loader_config(config: LoaderConfig | None, options: dict[str, Any], unknown: dict[str, Any]) -> LoaderConfig:
+    """The config of ``store.loader(...)``: a whole ``config``, or the keyword ``options`` (the fields of
+    :class:`LoaderConfig`), never both; an ``unknown`` keyword is a :class:`ConfigError` naming the valid ones."""
+    if unknown:
+        valid = ["layer", "role", "step", "sample", "where", "match", *options, "config"]
+        raise ConfigError(f"unknown loader option {sorted(unknown)[0]!r}; valid options are {valid}")
+    defaults = LoaderConfig()
+    changed = sorted(k for k, v in options.items() if v != getattr(defaults, k))
+    if config is not None and changed:
+        raise ConfigError(f"give loader options either as config= or as keywords, not both (got config and {changed})")
+    return config if config is not None else LoaderConfig(**options)

@@ -461,25 +461,16 @@ class ActStore:
         ``reuse_buffers=True`` (a ring of reused buffers: faster, but a batch is overwritten a few batches later).
         An unknown keyword raises :class:`~actstore.ConfigError` naming the valid options.
         """
-        from ._config import ConfigError
         from ._loader import ActLoader
-        from ._loader_config import LoaderConfig
+        from ._loader_config import loader_config
 
         options = {
             "batch_size": batch_size, "shuffle": shuffle, "seed": seed, "shuffle_chunks": shuffle_chunks,
             "drop_last": drop_last, "rank": rank, "world_size": world_size, "dtype": dtype, "with_rows": with_rows,
             "pin_memory": pin_memory, "device": device, "prefetch": prefetch, "reuse_buffers": reuse_buffers,
         }
-        if unknown:
-            valid = ["layer", "role", "step", "sample", "where", "match", *options, "config"]
-            raise ConfigError(f"unknown loader option {sorted(unknown)[0]!r}; valid options are {valid}")
-        defaults = LoaderConfig()
-        changed = {k: v for k, v in options.items() if v != getattr(defaults, k)}
-        if config is not None and changed:
-            raise ConfigError(f"give loader options either as config= or as keywords, not both (got config and "
-                              f"{sorted(changed)})")
         return ActLoader(self, layer, role, step=step, sample=sample, where=where, match=match,
-                         config=config if config is not None else LoaderConfig(**options))
+                         config=loader_config(config, options, unknown))
 
     def features(self, name: str, *, verify: bool = True) -> Any:
         """The feature group ``name`` written by ``actstore features`` (a :class:`~actstore.FeatureSet`)."""

@@ -81,21 +81,17 @@ def create(
     if kind == "hdf5" and not is_url(path):  # crash-safe: staged in Zarr, published by atomic rename
         staged, resumed = open_staged(path, resume=resume, overwrite=overwrite)
         return _start(staged, attrs, cfg, resumed=resumed)
-    if resume and store_exists(path, kind, storage_options):
+    resumed = resume and store_exists(path, kind, storage_options)
+    if resumed:
         be = open_backend(path, kind, writable=True, storage_options=storage_options)
-        try:
-            be.lock()
-        except BaseException:
-            be.close()
-            raise
-        return _start(be, attrs, cfg, resumed=True)
-    be = create_backend(path, kind, overwrite=overwrite, storage_options=storage_options)
+    else:
+        be = create_backend(path, kind, overwrite=overwrite, storage_options=storage_options)
     try:
         be.lock()
     except BaseException:
         be.close()
         raise
-    return _start(be, attrs, cfg, resumed=False)
+    return _start(be, attrs, cfg, resumed=resumed)
 
 
 def _start(be: Backend, attrs: dict[str, Any], cfg: StoreConfig, *, resumed: bool) -> StoreWriter:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,3 +141,29 @@ def store_path(tmp_path: Path, backend: str) -> Path:
 @pytest.fixture
 def written(store_path: Path) -> Truth:
     return write_store(store_path)
+
+
+@contextmanager
+def moto_s3(mp: pytest.MonkeyPatch, *, bucket: str = "acts", endpoint_env: bool = False) -> Iterator[str]:
+    """A real S3 API (moto's server on a free loopback port) with ``bucket`` created and test credentials in the
+    environment (also ``AWS_ENDPOINT_URL`` with ``endpoint_env``); yields the endpoint URL. Skips without moto/s3fs."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    if endpoint_env:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    for key, value in env.items():
+        mp.setenv(key, value)
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    try:
+        yield endpoint
+    finally:
+        server.stop()

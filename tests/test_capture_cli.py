@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import moto_s3
 
 from capture import SyntheticConfig, make_batch
 from capture._cli import PROG, main, resume_command
@@ -167,24 +167,8 @@ def test_failures_exit_1_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.fixture
 def s3_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
-    moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="acts")
-    try:
+    with moto_s3(monkeypatch, endpoint_env=True) as endpoint:
         yield {"endpoint_url": endpoint}
-    finally:
-        server.stop()
 
 
 def test_s3_output_dir(s3_env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

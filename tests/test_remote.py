@@ -2,47 +2,25 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_store
+from conftest import moto_s3, write_store
 
 import actstore
 from actstore import ActStore
 from actstore._remote import is_url
 
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def s3(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[dict]:
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch_module.setenv(key, value)
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="acts")
-    try:
+    with moto_s3(monkeypatch_module) as endpoint:
         yield {"endpoint_url": endpoint}
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

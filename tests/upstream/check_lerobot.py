@@ -3,6 +3,7 @@
 Run in the upstream venv by tests/test_capture_upstream.py; prints one JSON object (the last stdout line).
 lerobot accepts only the gemma_2b / gemma_300m variants, so ``get_gemma_config`` is replaced by tiny widths for
 the test, and the vision tower is shrunk (see _harness.shrink_vision); everything else is lerobot's code.
+``steer``: steering along a tiny SAE's features on both policies (``_steer_check.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h  # noqa: E402
+from _steer_check import steer_case  # noqa: E402
 
 CASES = [(1, 224, [3, 12, 7]), (2, 256, [12, 5, 9]), (3, 97, [1, 8, 12])]
 STEPS = 3
@@ -67,7 +69,7 @@ def check_dtype(policy: str) -> dict:
 def main() -> None:
     torch.set_num_threads(1)  # bit-exact comparisons of two runs
     h.setup()
-    results: dict = {"cases": [], "timing": {}}
+    results: dict = {"cases": [], "timing": {}, "steer": {}}
     for policy in ("pi05", "pi0"):
         t0 = time.perf_counter()
         model = build(policy)
@@ -78,11 +80,12 @@ def main() -> None:
             r["policy"] = policy
             r["seconds"] = round(time.perf_counter() - t0, 2)
             results["cases"].append(r)
+        results["steer"][policy] = steer_case(model, policy == "pi05", STEPS)
         del model
         gc.collect()
     results["dtype"] = check_dtype("pi05")
     results["ok"] = all(h.all_ok(c) and c["has_cond"] == (c["policy"] == "pi05") for c in results["cases"]) and \
-        h.all_ok(results["dtype"])
+        h.all_ok(results["dtype"]) and all(h.all_ok(r) for r in results["steer"].values())
     print(json.dumps(results))
 
 

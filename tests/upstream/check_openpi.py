@@ -3,6 +3,7 @@
 Run in the upstream venv by tests/test_capture_upstream.py; prints one JSON object (the last stdout line).
 ``--cli``: also save the tiny pi0.5 as openpi's converter does (``model.safetensors`` + ``config.json``) and capture
 through ``python -m capture --model openpi --checkpoint-path .../model.safetensors`` (in process).
+``steer``: steering along a tiny SAE's features on both models (``_steer_check.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h  # noqa: E402
+from _steer_check import steer_case  # noqa: E402
 
 CASES = [  # (cameras, image px, prompt lengths of the batch): 1/2/3 cameras, 224 / 256 / an odd size
     (1, 224, [3, 12, 7]),
@@ -128,7 +130,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)  # bit-exact comparisons of two runs
     h.setup()
-    results: dict = {"cases": [], "timing": {}}
+    results: dict = {"cases": [], "timing": {}, "steer": {}}
     for pi05 in (True, False):
         t0 = time.perf_counter()
         model = build(pi05)
@@ -140,6 +142,7 @@ def main() -> None:
             r["pi05"] = pi05
             r["seconds"] = round(time.perf_counter() - t0, 2)
             results["cases"].append(r)
+        results["steer"]["pi05" if pi05 else "pi0"] = steer_case(model, pi05, STEPS)
         if pi05 and args.cli:
             with tempfile.TemporaryDirectory() as tmp:
                 results["cli"] = check_cli(model, Path(tmp))
@@ -147,7 +150,7 @@ def main() -> None:
         gc.collect()
     results["dtype"] = check_dtype(True)
     results["ok"] = all(h.all_ok(c) and c["has_cond"] == c["pi05"] for c in results["cases"]) and h.all_ok(
-        results.get("cli", {})) and h.all_ok(results["dtype"])
+        results.get("cli", {})) and h.all_ok(results["dtype"]) and all(h.all_ok(r) for r in results["steer"].values())
     print(json.dumps(results))
 
 

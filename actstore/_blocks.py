@@ -1,20 +1,26 @@
-"""Reading rows of one stored array: whole chunks or single blocks, decoded concurrently, with a block cache."""
+"""Reading rows of one stored array: whole chunks or single blocks, decoded concurrently, with a block cache.
+
+:meth:`ArrayReader.decode_block` is the one place a stored block is decoded and checked (present, its crc32c, its
+size, and its block sum, :mod:`actstore._blocksums`): every read path of the reader, the writer's read-back on
+resume and rollback, and ``verify`` go through it."""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
+from ._blocksums import ENTRIES, BlockSums, has_sums, sums_key
 from ._codec import BlockCodec
 from ._errors import CorruptStoreError
 from ._storage import Backend, max_chunk_bytes
 
-__all__ = ["ArrayReader", "BlockCache", "decode_pool"]
+__all__ = ["ArrayReader", "BlockCache", "decode_pool", "open_array", "open_sums_array"]
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -90,6 +96,7 @@ class ArrayReader:
         block_rows: int,
         n_rows: int,
         cache: BlockCache,
+        sums: BlockSums | None = None,
     ) -> None:
         self.backend = backend
         self.key = key
@@ -101,6 +108,8 @@ class ArrayReader:
         self.per_chunk = chunk_rows // block_rows
         self.n_rows = n_rows
         self.cache = cache
+        self.sums = sums
+        """The block sums each decoded block is checked against (None: a store written without them)."""
         block_bytes = block_rows * width * self.dtype.itemsize
         self._bound = {"max_bytes": max_chunk_bytes(self.per_chunk, block_bytes)}
         """Chunk files are bounded by what their blocks can take: a crafted size is refused before it is read
@@ -110,16 +119,34 @@ class ArrayReader:
     def _where(self, block: int) -> str:
         return f"block {block} (chunk {block // self.per_chunk}) of {self.key} in {self.backend.path}"
 
-    def _decode(self, blob: bytes | memoryview | None, block: int, out: np.ndarray) -> None:
-        """Every block a reader decodes holds committed rows: one its chunk's index calls absent is corruption (the
-        writer writes each block before the commit that covers it), not zeros."""
+    def decode_block(self, blob: bytes | memoryview | None, block: int, out: np.ndarray) -> None:
+        """Decode stored block ``block`` (its encoded bytes ``blob``) into ``out``, or raise
+        :class:`CorruptStoreError`. Every block a reader decodes holds committed rows: one its chunk's index calls
+        absent is corruption (the writer writes each block before the commit that covers it), not zeros."""
         if blob is None:
             raise CorruptStoreError(f"{self._where(block)} is absent from its chunk's index although committed rows "
                                     f"(up to row {self.n_rows}) lie in it")
         self.codec.decode(blob, out, where=self._where(block))
+        if self.sums is not None:
+            self._check_sum(block, bytes(blob[-4:]), out)
+
+    def _check_sum(self, block: int, trailing: bytes, out: np.ndarray) -> None:
+        """``out`` must be the block its block sum names. The entry may have been read after the block, and a live
+        writer may have completed the block and written its new entry in between: a mismatch is read again, the
+        entry first, then the block, before it is reported."""
+        assert self.sums is not None
+        if self.sums.matches(block, trailing, out):
+            return
+        self.sums.matches(block, None, out, fresh=True)  # re-read the entry (before the block, this time)
+        blob = self.backend.read_block(self.key, block, self.per_chunk, **self._bound)
+        if blob is not None:
+            self.codec.decode(blob, out, where=self._where(block))
+            if self.sums.matches(block, bytes(blob[-4:]), out):
+                return
+        raise self.sums.mismatch(block, self._where(block))
 
     def _fetch_block(self, block: int, out: np.ndarray) -> None:
-        self._decode(self.backend.read_block(self.key, block, self.per_chunk, **self._bound), block, out)
+        self.decode_block(self.backend.read_block(self.key, block, self.per_chunk, **self._bound), block, out)
 
     def block(self, block: int) -> np.ndarray:
         """One decoded block (cached)."""
@@ -149,18 +176,22 @@ class ArrayReader:
         whole = local.size == self.chunk_rows and local[0] == 0 and local[-1] == self.chunk_rows - 1
         if whole and self.codec.name == "none":
             outs = [out[i * br : (i + 1) * br] for i in range(self.per_chunk)]
-            if self.backend.read_raw_blocks(self.key, chunk, outs, self.codec.checksum):  # zero-copy into ``out``
+            crcs = self.backend.read_raw_blocks(self.key, chunk, outs, self.codec.checksum)  # zero-copy into ``out``
+            if crcs is not None:
+                if self.sums is not None:
+                    for i, crc in enumerate(crcs):
+                        self._check_sum(first + i, crc, outs[i])
                 return
         blobs = self.backend.read_chunk(self.key, chunk, self.per_chunk, scratch=True, **self._bound)
         if whole:
             for i, blob in enumerate(blobs):
-                self._decode(blob, first + i, out[i * br : (i + 1) * br])
+                self.decode_block(blob, first + i, out[i * br : (i + 1) * br])
             return
         blocks = local // br
         tmp = np.empty((br, self.width), dtype=self.dtype)
         for b in np.unique(blocks):
             sel = np.flatnonzero(blocks == b)
-            self._decode(blobs[int(b)], first + int(b), tmp)
+            self.decode_block(blobs[int(b)], first + int(b), tmp)
             out[sel] = tmp[local[sel] - int(b) * br]
 
     # ------------------------------------------------------------------------------------------- reads
@@ -189,10 +220,10 @@ class ArrayReader:
             for b in blocks:
                 lo, hi = b * self.block_rows, (b + 1) * self.block_rows
                 if lo >= start and hi <= stop:
-                    self._decode(blobs[b], b, out[lo - start : hi - start])
+                    self.decode_block(blobs[b], b, out[lo - start : hi - start])
                 else:
                     tmp = np.empty((self.block_rows, self.width), dtype=self.dtype) if tmp is None else tmp
-                    self._decode(blobs[b], b, tmp)
+                    self.decode_block(blobs[b], b, tmp)
                     self._copy_block(tmp, b, start, stop, out)
 
         jobs = []
@@ -241,13 +272,31 @@ class ArrayReader:
             for j in range(j0, j1):
                 b = int(uniq[j])
                 sel = order[bounds[j] : bounds[j + 1]]
-                self._decode(blobs[b], b, tmp)
+                self.decode_block(blobs[b], b, tmp)
                 out[sel] = tmp[idx[sel] - b * self.block_rows]
 
         jobs = [decode_pool().submit(work, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
         for f in jobs:
             f.result()
         return out
+
+
+def open_array(be: Backend, layout: Mapping[str, Any], key: str, width: int, dtype: np.dtype, n_rows: int,
+               cache: BlockCache) -> ArrayReader:
+    """The reader of array ``key`` of a store with ``layout`` (its record's), checking block sums where the store
+    keeps them for this array."""
+    dtype = np.dtype(dtype)
+    br = int(layout["block_rows"])
+    codec = BlockCodec(str(layout["codec"]), dtype, checksum=be.checksums, block_bytes=br * width * dtype.itemsize)
+    sums = BlockSums(be, key, br, n_rows) if layout.get("blocksums") and has_sums(key) else None
+    return ArrayReader(be, key, width, dtype, codec, int(layout["chunk_rows"]), br, n_rows, cache, sums)
+
+
+def open_sums_array(be: Backend, layout: Mapping[str, Any], key: str, n_rows: int) -> ArrayReader:
+    """The reader of the block-sums array of array ``key`` at ``n_rows`` committed rows (one entry per block)."""
+    u4 = np.dtype("<u4")
+    n = -(-n_rows // int(layout["block_rows"]))
+    return ArrayReader(be, sums_key(key), 2, u4, BlockCodec("none", u4), ENTRIES, ENTRIES, n, BlockCache(0))
 
 
 class ConcatReader:

@@ -2,7 +2,9 @@
 
 The writer thread copies appended rows into a :class:`ChunkBuffer` per array; every chunk that fills up, and at a
 commit the partly filled one, becomes a :class:`ChunkJob` that the encode pool turns into blocks
-(:func:`encode_chunk`). :func:`read_rows` reads committed rows back for a resume or a rollback.
+(:func:`encode_chunk`); the crc32c of each full block is kept for the block sums of the next commit
+(:mod:`actstore._blocksums`). :func:`read_rows` and :func:`load_chunk` read rows back for a resume or a rollback,
+through the reader's block primitive (:class:`~actstore._blocks.ArrayReader`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._backend import Backend
+from ._blocks import ArrayReader, BlockCache
 from ._codec import BlockCodec, Buffer
-from ._errors import CorruptStoreError
 
-__all__ = ["ChunkBuffer", "ChunkJob", "count_nonfinite", "encode_block", "encode_chunk", "read_rows"]
+__all__ = ["ChunkBuffer", "ChunkJob", "count_nonfinite", "encode_block", "encode_chunk", "load_chunk", "read_rows"]
 
 
 @dataclass
@@ -61,6 +63,8 @@ class ChunkBuffer:
     lock: threading.Lock = field(default_factory=threading.Lock)
     free: list[np.ndarray] = field(default_factory=list)
     """Chunk buffers whose jobs finished, reused to avoid page-faulting fresh memory for every chunk."""
+    block_crcs: dict[int, int] = field(default_factory=dict)
+    """crc32c of the encoded bytes of each full block (by absolute block index) not yet in the block sums."""
 
     @property
     def n_blocks(self) -> int:
@@ -139,12 +143,9 @@ class ChunkBuffer:
         with self.lock:
             self.nonfinite_partial = {}
 
-    def load_partial(self, rows: np.ndarray) -> None:
-        """On resume: the committed rows of the last, partly filled chunk."""
-        self.buf = self._new_buffer()
-        self.encoded = [None] * self.n_blocks
-        self.buf[: rows.shape[0]] = rows
-        self.flushed_fill = rows.shape[0]
+    def record_crc(self, block_index: int, crc: Buffer) -> None:
+        with self.lock:
+            self.block_crcs[block_index] = int.from_bytes(bytes(crc), "little")
 
 
 _NONFINITE_FROM = {"bfloat16": (np.uint16, np.int16, 0xFF80, 0x7F80), "float16": (np.uint16, np.int16, 0xFC00, 0x7C00),
@@ -184,6 +185,8 @@ def encode_block(job: ChunkJob, array: ChunkBuffer, block: int) -> list[Buffer] 
     if hi <= job.fill:
         array.count(absolute, job.buf[lo:hi], full=True)
         blob = codec.encode_parts(job.buf[lo:hi])
+        if codec.checksum:
+            array.record_crc(absolute, blob[-1])
         if job.cached:
             job.cached[block] = blob  # a full block never changes again
         return blob
@@ -198,18 +201,32 @@ def encode_chunk(job: ChunkJob, array: ChunkBuffer) -> list[list[Buffer] | None]
     return [encode_block(job, array, b) for b in range(array.n_blocks)]
 
 
+def _reader(be: Backend, array: ChunkBuffer, n_rows: int) -> ArrayReader:
+    return ArrayReader(be, array.key, array.width, array.dtype, array.codec, array.chunk_rows, array.block_rows,
+                       n_rows, BlockCache(0))
+
+
 def read_rows(be: Backend, array: ChunkBuffer, start: int, count: int) -> np.ndarray:
-    """Rows ``[start, start + count)`` of ``array`` read back from the store (resume, rollback). Every block of
-    them must be on disk: an absent one is a :class:`CorruptStoreError`, never zeros."""
-    br = array.block_rows
-    out = np.empty((count, array.width), dtype=array.dtype)
-    block = np.empty((br, array.width), dtype=array.dtype)
-    for b in range(start // br, -(-(start + count) // br)):
-        where = f"block {b} of {array.key} in {be.path}"
-        blob = be.read_block(array.key, b, array.n_blocks)
-        if blob is None:
-            raise CorruptStoreError(f"{where} is absent although committed rows lie in it")
-        array.codec.decode(blob, block, where=where)
-        lo, hi = max(start, b * br), min(start + count, (b + 1) * br)
-        out[lo - start : hi - start] = block[lo - b * br : hi - b * br]
-    return out
+    """Rows ``[start, start + count)`` of ``array`` read back from the store. Every block of them must be on disk:
+    an absent one is a :class:`CorruptStoreError`, never zeros."""
+    return _reader(be, array, start + count).read_range(start, start + count)
+
+
+def load_chunk(be: Backend, array: ChunkBuffer, n_rows: int) -> None:
+    """Set ``array`` to its first ``n_rows`` rows (a resume, or a rollback into a chunk no longer buffered): the
+    rows of its last, partly filled chunk are read back into the buffer, and the full blocks among them keep their
+    stored bytes (they are never encoded again: their block sums must stay true)."""
+    array.buf, array.encoded, array.n_rows = None, [], n_rows
+    fill = n_rows % array.chunk_rows
+    if not fill:
+        return
+    chunk, br = n_rows // array.chunk_rows, array.block_rows
+    reader = _reader(be, array, n_rows)
+    blobs = be.read_chunk(array.key, chunk, array.n_blocks)
+    array.buf = array._new_buffer()
+    array.encoded = [None] * array.n_blocks
+    for i in range(-(-fill // br)):
+        reader.decode_block(blobs[i], chunk * array.n_blocks + i, array.buf[i * br : (i + 1) * br])
+        if (i + 1) * br <= fill:
+            array.encoded[i] = [bytes(blobs[i])]  # type: ignore[arg-type]
+    array.flushed_fill = fill

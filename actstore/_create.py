@@ -15,6 +15,7 @@ from typing import Any
 
 from . import __version__
 from ._backend import Backend, create_backend, detect_backend, open_backend, store_exists
+from ._blocksums import KIND as BLOCK_SUMS_KIND
 from ._config import ConfigError, StoreConfig
 from ._errors import CorruptStoreError, SchemaMismatchError
 from ._format import new_metadata, seal_metadata, validate_metadata
@@ -104,6 +105,8 @@ def _start(be: Backend, attrs: dict[str, Any], cfg: StoreConfig, *, resumed: boo
                 meta["attrs"] = {**meta["attrs"], **attrs}
         else:
             layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
+            if be.block_sums:
+                layout["blocksums"] = BLOCK_SUMS_KIND
             meta = new_metadata(attrs, layout, f"actstore {__version__}")
             be.write_meta(seal_metadata(meta), durable=cfg.durable)
         return StoreWriter(be, meta, cfg, resumed=resumed)  # reads a resumed store's partial chunks back

@@ -18,9 +18,9 @@ import torch
 
 from ._errors import CorruptStoreError, FormatVersionError, InvalidNameError, SchemaMismatchError
 
-FORMAT_VERSION = 2
-"""Bumped on any change an older reader could misread. Version 2 adds the record's ``checksum``; version-1 records
-(no checksum) are still read."""
+FORMAT_VERSION = 3
+"""Bumped on any change an older reader could misread. Version 2 adds the record's ``checksum``; version 3 the
+block sums (``layout.blocksums``, :mod:`actstore._blocksums`). Version-1 and -2 records are still read."""
 
 CHECKSUM_FIELD = "checksum"
 """Field of the metadata record holding ``sha256:<hex>`` of the canonical JSON of every other field."""
@@ -279,6 +279,8 @@ def validate_metadata(meta: object, path: str) -> dict[str, Any]:
     for key in ("chunk_rows", "block_rows"):
         _expect(_is_count(layout.get(key)) and 0 < layout[key] <= _MAX_ROWS, path, f"layout.{key} must be in 1..{_MAX_ROWS}")
     _expect(layout["chunk_rows"] % layout["block_rows"] == 0, path, "block_rows must divide chunk_rows")
+    _expect(layout.get("blocksums") in (None, "crc32c"), path,
+            f"layout.blocksums must be 'crc32c' or absent, got {layout.get('blocksums')!r}")
     for role, spec in meta["roles"].items():
         _check_name_in(role, "role", path)
         _expect(isinstance(spec, dict), path, f"role {role!r} must be an object")

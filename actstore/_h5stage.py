@@ -177,11 +177,12 @@ class StagedH5Backend(Backend):
     def write_chunk(self, key: str, chunk: int, blocks: list[Any], *, durable: bool) -> None:
         self.stage.write_chunk(key, chunk, blocks, durable=durable)
 
-    def read_chunk(self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False) -> list[Any]:
-        return self.stage.read_chunk(key, chunk, n_blocks, scratch=scratch)
+    def read_chunk(self, key: str, chunk: int, n_blocks: int, *, scratch: bool = False,
+                   max_bytes: int | None = None) -> list[Any]:
+        return self.stage.read_chunk(key, chunk, n_blocks, scratch=scratch, max_bytes=max_bytes)
 
-    def read_block(self, key: str, block: int, n_blocks_per_chunk: int) -> Any:
-        return self.stage.read_block(key, block, n_blocks_per_chunk)
+    def read_block(self, key: str, block: int, n_blocks_per_chunk: int, *, max_bytes: int | None = None) -> Any:
+        return self.stage.read_block(key, block, n_blocks_per_chunk, max_bytes=max_bytes)
 
     def lock(self) -> None:
         """Taken by :func:`open_staged` before anything was created or removed."""

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._backend import Backend, detect_backend, open_backend
-from ._blocks import ArrayReader, BlockCache, ConcatReader
-from ._codec import BlockCodec
+from ._blocks import ArrayReader, BlockCache, ConcatReader, open_array
 from ._errors import CorruptStoreError, StoreClosedError, StoreIndexError, UnknownKeyError
 from ._format import (
     DTYPES,
@@ -214,11 +213,7 @@ class ActStore:
 
     def _array_reader(self, be: Backend, meta: dict[str, Any], key: str, width: int, dtype: np.dtype,
                       n_rows: int) -> ArrayReader:
-        layout = meta["layout"]
-        codec = BlockCodec(layout["codec"], dtype, checksum=be.checksums,
-                           block_bytes=int(layout["block_rows"]) * width * np.dtype(dtype).itemsize)
-        return ArrayReader(be, key, width, dtype, codec, int(layout["chunk_rows"]), int(layout["block_rows"]),
-                           n_rows, self._cache)
+        return open_array(be, meta["layout"], key, width, dtype, n_rows, self._cache)
 
     def _concat_reader(self, key: str, width: int, dtype: np.dtype) -> Any:
         readers = []

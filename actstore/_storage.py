@@ -36,6 +36,9 @@ class Backend(ABC):
 
     path: str
     checksums: bool
+    block_sums: bool = False
+    """Whether new stores on this backend keep block sums (:mod:`actstore._blocksums`): Zarr stores do; HDF5
+    files keep a crc32c per block in a dataset indexed by block instead."""
 
     @abstractmethod
     def read_meta(self) -> Any: ...
@@ -83,10 +86,11 @@ class Backend(ABC):
         return 0
 
     # -- capabilities: what a backend can do beyond the interface above (defaults: it cannot) ---------------------
-    def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> bool:
-        """Read the blocks of an uncompressed chunk straight into ``outs`` (zero-copy); False when this backend
-        cannot (the caller then reads and decodes)."""
-        return False
+    def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> list[bytes] | None:
+        """Read the blocks of an uncompressed chunk straight into ``outs`` (zero-copy), checking their crc32c;
+        return each block's stored crc32c (empty without ``checksum``), or None when this backend cannot (the
+        caller then reads and decodes)."""
+        return None
 
     def check_array_docs(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
         """``(array, problem)`` for each array whose own metadata (a Zarr ``zarr.json``, an HDF5 dataset's shape,

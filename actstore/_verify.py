@@ -2,8 +2,10 @@
 
 What is checked, for every array the metadata declares, over the rows the commit record covers:
 
-- every chunk exists, its index passes its crc32c, and every block holding committed rows is present and decodes
-  (crc32c per block on Zarr stores; the blosc frame checks on HDF5, which carries no checksum);
+- every chunk exists, its index passes its crc32c, and every block holding committed rows is present, decodes to
+  its size and passes its crc32c (HDF5: the ``crc32c/`` dataset), read through the reader's own block primitive
+  (:meth:`~actstore._blocks.ArrayReader.decode_block`); on Zarr stores with block sums, every block is the one its
+  entry in ``blocksums/`` names (no block swapped or replaced), and the block sums themselves are read;
 - on Zarr stores, each array's ``zarr.json`` exists and its shape covers the committed rows (what plain
   zarr-python readers go by);
 - the tables agree: every row's ``sample`` is in the samples table, sample ids are unique, steps are ``>= -1``,
@@ -15,12 +17,14 @@ Leftover temp files of an interrupted write and NaN/Inf counts are reported as n
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ._codec import BlockCodec
+from ._blocks import ArrayReader, BlockCache, open_array, open_sums_array
+from ._blocksums import sums_key
 from ._errors import ActStoreError
 from ._format import (
     NO_STEP,
@@ -31,7 +35,7 @@ from ._format import (
 )
 from ._reader import ActStore
 from ._rowstats import stats_key
-from ._storage import Backend, max_chunk_bytes
+from ._storage import Backend
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -88,9 +92,11 @@ class VerifyReport:
 @dataclass
 class _Array:
     key: str
-    width: int
-    dtype: np.dtype
     n_rows: int
+    open: Callable[[Backend, dict[str, Any]], ArrayReader]
+    """The array's reader on a part's backend and record (the one block-read primitive, block sums included)."""
+    keep: bool
+    """Whether its decoded rows are kept for the table checks (the int tables)."""
 
 
 def verify(path: str | os.PathLike[str], *, backend: str | None = None) -> VerifyReport:
@@ -139,7 +145,7 @@ class _Verifier:
             self._check_array_docs(be, meta, label)
             for arr in self._arrays(meta):
                 n += 1
-                self._check_array(arr, be, label)
+                self._check_array(arr, be, meta, label)
             for key, table in self.tables.items():
                 whole.setdefault(key, []).append(table)
         self.tables = {k: None if any(t is None for t in v) else np.concatenate(v) for k, v in whole.items()}
@@ -157,56 +163,48 @@ class _Verifier:
     # ------------------------------------------------------------------------------------------ arrays
     @staticmethod
     def _arrays(meta: dict[str, Any]) -> list[_Array]:
-        out = [_Array(a.key, a.width, a.dtype, n) for a, n in schema_arrays(meta)]
+        i8 = np.dtype("<i8")
+        layout, cache = meta["layout"], BlockCache(0)
+
+        def schema(key: str, width: int, dtype: np.dtype, n: int) -> Callable[[Backend, dict[str, Any]], ArrayReader]:
+            return lambda be, m: open_array(be, m["layout"], key, width, dtype, n, cache)
+
+        out = [_Array(a.key, n, schema(a.key, a.width, a.dtype, n), a.dtype == i8) for a, n in schema_arrays(meta)]
         for role, n in (meta["commit"].get("row_stats") or {}).items():  # per-chunk row statistics (_rowstats)
             if role in meta["roles"] and int(n) > 0:
-                out.append(_Array(stats_key(role), 2 * len(meta["roles"][role]["columns"]), np.dtype("<i8"), int(n)))
+                width = 2 * len(meta["roles"][role]["columns"])
+                out.append(_Array(stats_key(role), int(n), schema(stats_key(role), width, i8, int(n)), True))
+        if layout.get("blocksums"):  # the block sums of every schema array (_blocksums)
+            out += [_Array(sums_key(a.key), -(-n // int(layout["block_rows"])),
+                           lambda be, m, key=a.key, n=n: open_sums_array(be, m["layout"], key, n), False)
+                    for a, n in schema_arrays(meta) if n]
         return out
 
     def _problem(self, arr: str | None, chunk: int | None, message: str) -> None:
         self.problems.append(Problem(arr, chunk, message))
 
-    def _check_array(self, arr: _Array, be: Backend, label: str) -> None:
+    def _check_array(self, arr: _Array, be: Backend, meta: dict[str, Any], label: str) -> None:
+        """Read every committed chunk of ``arr`` through the reader's block primitive: each block present, its
+        crc32c, its size and its block sum; a problem per chunk that fails."""
         name = label + arr.key
-        keep = arr.dtype == np.dtype("<i8")
-        data = np.zeros((arr.n_rows, arr.width), dtype=arr.dtype) if keep else None
-        codec = BlockCodec(self.meta["layout"]["codec"], arr.dtype, checksum=be.checksums)
-        bound = max_chunk_bytes(self.per_chunk, self.block_rows * arr.width * arr.dtype.itemsize)
-        block = np.empty((self.block_rows, arr.width), dtype=arr.dtype)
+        reader = arr.open(be, meta)
+        data = np.zeros((arr.n_rows, reader.width), dtype=reader.dtype) if arr.keep else None
+        out = np.empty((reader.chunk_rows, reader.width), dtype=reader.dtype)
         bad = False
-        for chunk in range(-(-arr.n_rows // self.chunk_rows)):
+        for chunk in range(-(-arr.n_rows // reader.chunk_rows)):
             self.chunks += 1
-            first = chunk * self.per_chunk
-            needed = min(self.per_chunk, -(-(arr.n_rows - chunk * self.chunk_rows) // self.block_rows))
+            lo = chunk * reader.chunk_rows
+            hi = min(arr.n_rows, lo + reader.chunk_rows)
             try:
-                blobs = self._blobs(be, arr.key, chunk, needed, bound)
+                reader.read_chunk_rows(chunk, np.arange(lo, hi), out[: hi - lo])
             except ActStoreError as exc:
                 self._problem(name, chunk, str(exc))
                 bad = True
                 continue
-            for i in range(needed):
-                b = first + i
-                blob = blobs[i]
-                if blob is None:
-                    self._problem(name, chunk, f"block {i} is absent although committed rows lie in it")
-                    bad = True
-                    continue
-                try:
-                    codec.decode(blob, block, where=f"block {i} of chunk {chunk} of {arr.key} in {be.path}")
-                except ActStoreError as exc:
-                    self._problem(name, chunk, str(exc))
-                    bad = True
-                    continue
-                if data is not None:
-                    lo = b * self.block_rows
-                    hi = min(arr.n_rows, lo + self.block_rows)
-                    data[lo:hi] = block[: hi - lo]
-        if keep:
+            if data is not None:
+                data[lo:hi] = out[: hi - lo]
+        if arr.keep:
             self.tables[arr.key] = None if bad else data
-
-    def _blobs(self, be: Backend, key: str, chunk: int, needed: int, bound: int) -> list[Any]:
-        # one read and one index check per chunk; a crafted size is refused unread
-        return list(be.read_chunk(key, chunk, self.per_chunk, max_bytes=bound))[:needed]
 
     def _check_array_docs(self, be: Backend, meta: dict[str, Any], label: str) -> None:
         """Every field of each array's own metadata against the record (a Zarr array's zarr.json, what plain

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ._backend import Backend
-from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, read_rows
+from ._blocksums import BlockSumsWriter
+from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, load_chunk, read_rows
 from ._codec import BlockCodec
 from ._config import StoreConfig
 from ._format import (
@@ -68,6 +69,9 @@ class WriterThread(threading.Thread):
         self._arrays: dict[str, ChunkBuffer] = {}
         """The chunk state of every array, by key."""
         self._row_stats = RowStatsWriter(backend, meta, self._codec_name, self._chunk_rows, self._block_rows)
+        self._sums = (BlockSumsWriter(backend, self._block_rows, {a.key: n for a, n in schema_arrays(meta)})
+                      if layout.get("blocksums") else None)
+        """Writes the block sums at each commit (stores created with them: ``layout.blocksums``)."""
         self._pending: Mark | None = None
         """The last mark not committed yet."""
         self._last_commit = time.monotonic()
@@ -166,15 +170,13 @@ class WriterThread(threading.Thread):
             target = mark.rows(key)
             if array.n_rows <= target:
                 continue
+            if self._sums is not None:
+                self._sums.rewind(key, target)
             start = array.n_rows - array.fill  # first row of the buffered chunk
             if array.buf is not None and target >= start:
                 array.rewind(target)
             else:
-                fill = target % self._chunk_rows
-                array.buf, array.encoded = None, []
-                array.n_rows = target
-                if fill:
-                    array.load_partial(read_rows(self._be, array, target - fill, fill))
+                load_chunk(self._be, array, target)
 
     def _flush(self, mark: Mark, done: threading.Event) -> None:
         """Commit ``mark`` now and release the waiting caller (also when the commit fails)."""
@@ -249,6 +251,8 @@ class WriterThread(threading.Thread):
         for key in SAMPLE_KEYS.values():
             if key in self._arrays:
                 self._be.set_rows(key, mark.samples)
+        if self._sums is not None:  # after every block is on disk, before the record
+            self._sums.flush(self._arrays, {k: mark.rows(k) for k in self._arrays}, self._read_back)
         row_stats = self._row_stats.flush(dict(mark.roles))
         if self._config.durable:
             self._be.sync()
@@ -266,12 +270,12 @@ class WriterThread(threading.Thread):
         self._pending = None
         self._last_commit = time.monotonic()
 
+    def _read_back(self, array: ChunkBuffer, start: int, count: int) -> np.ndarray:
+        return read_rows(self._be, array, start, count)
+
     def _load_committed(self) -> None:
         """A resumed store: every array's chunk state at its committed row count (its partial chunk read back)."""
         for a, n in schema_arrays(self.meta):
             array = self._new_array(a.key, a.width, a.dtype, a.logical)
-            array.n_rows = n
-            fill = n % self._chunk_rows
-            if fill:
-                array.load_partial(read_rows(self._be, array, n - fill, fill))
+            load_chunk(self._be, array, n)
             self._arrays[a.key] = array

@@ -44,6 +44,7 @@ class ZarrBackend(Backend):
     """A Zarr v3 hierarchy over a key-value store; subclasses supply the five byte-level primitives."""
 
     checksums = True
+    block_sums = True
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -319,15 +320,15 @@ class ZarrDirBackend(ZarrBackend):
             check_block_size(entry[1], max_bytes, n_blocks_per_chunk, inner, f"chunk {chunk} of {key} in {self.path}")
             return os.pread(fd, entry[1], entry[0])
 
-    def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> bool:
+    def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> list[bytes] | None:
         """Read a whole chunk of raw (codec ``none``) blocks straight into ``outs`` with one ``preadv``, no
-        intermediate copy; verifies the checksums. False when the chunk is not laid out that way."""
+        intermediate copy; verifies the checksums and returns them. None when the chunk is not laid out that way."""
         where = f"chunk {chunk} of {key} in {self.path}"
         step = outs[0].nbytes + (4 if checksum else 0)
         crcs = [bytearray(4) for _ in outs] if checksum else []
         with self._open_chunk(key, chunk, len(outs), index_size(len(outs)) + step * len(outs)) as (fd, entries):
             if any(e != (i * step, step) for i, e in enumerate(entries)):
-                return False
+                return None
             views: list[Any] = []
             for i, out in enumerate(outs):
                 views.append(memoryview(out).cast("B"))
@@ -339,7 +340,7 @@ class ZarrDirBackend(ZarrBackend):
         for i, out in enumerate(outs):
             if checksum and crc32c(memoryview(out).cast("B")) != bytes(crcs[i]):
                 raise CorruptStoreError(f"checksum mismatch in block {i} of {where}: the stored bytes are corrupt")
-        return True
+        return [bytes(c) for c in crcs]
 
     def _put(self, rel: str, data: bytes | list[Any], *, durable: bool) -> None:
         target = self.root / rel

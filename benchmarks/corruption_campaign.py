@@ -194,8 +194,9 @@ def build_pristine(root: Path, backend: str, *, codec: str = "lz4", seed: int = 
             if f.is_file():
                 rel = str(f.relative_to(path))
                 p.files[rel] = f.stat().st_size
-                if "/c/" in rel:
-                    p.blocks[rel] = _shard_blocks(f.read_bytes(), CHUNK_ROWS // BLOCK_ROWS)
+                if "/c/" in rel:  # block sums (blocksums/...) are chunks of one block
+                    per_chunk = 1 if rel.startswith("blocksums/") else CHUNK_ROWS // BLOCK_ROWS
+                    p.blocks[rel] = _shard_blocks(f.read_bytes(), per_chunk)
         text = (path / "zarr.json").read_bytes()
         p.record_span = ("zarr.json", *_record_span(text, b"actstore"))
     else:

@@ -32,8 +32,8 @@ def test_fancy_read_decodes_each_block_once(tmp_path: Path, monkeypatch) -> None
     view = store[1, "decision"]
     reader = view._reader
     calls: list[int] = []
-    original = reader._decode
-    monkeypatch.setattr(reader, "_decode", lambda blob, b, out: (calls.append(b), original(blob, b, out)))
+    original = reader.decode_block
+    monkeypatch.setattr(reader, "decode_block", lambda blob, b, out: (calls.append(b), original(blob, b, out)))
     idx = np.random.default_rng(0).integers(0, len(view), size=400)
     got = view.numpy(idx)
     np.testing.assert_array_equal(got, truth.acts[("decision", 1)].view(torch.uint16).numpy()[idx])

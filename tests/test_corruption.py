@@ -36,21 +36,7 @@ PER_KIND = {"zarr": 7, "hdf5": 8}
 """Random cases per file kind (7 kinds on Zarr, 6 on HDF5), plus ``META_BITS`` bits of the record: ~60 each."""
 META_BITS = {"zarr": 11, "hdf5": 12}
 
-KNOWN_BAD: dict[tuple[str, str], tuple[str, str]] = {
-    ("zarr", "swap_block"): (
-        r"^silent\b",
-        "zarr swap_block: two equal-size blocks swapped inside one chunk file pass their crc32c (each block's crc "
-        "covers only its own bytes, the index crc only the offsets) and read as each other's rows; verify says OK "
-        "(issue 17 item 6: 'an index with swapped blocks and valid crcs'); needs a position-bound check in "
-        "_blocks.py / _codec.py (integrity-storage)",
-    ),
-    ("zarr", "swap_chunk"): (
-        r"^silent\b",
-        "zarr swap_chunk: a chunk file replaced by another chunk file of the same size (another array of the same "
-        "width and dtype, or another chunk of the same array) passes every crc32c and reads as the wrong rows; "
-        "verify says OK; needs the chunk bound to its array and position (integrity-storage)",
-    ),
-}
+KNOWN_BAD: dict[tuple[str, str], tuple[str, str]] = {}
 """(backend, kind) -> (regex over ``"<outcome> <detail>"`` that a known BAD case matches, reason)."""
 
 _CACHE: dict[tuple[str, str], list[Result]] = {}

@@ -61,7 +61,7 @@ def test_valid_metadata_passes() -> None:
     assert m["format_version"] == 1  # unsealed: a version-1 record (no checksum), still read
     assert validate_metadata(copy.deepcopy(m), "x") == m
     sealed = seal_metadata(m)
-    assert sealed["format_version"] == FORMAT_VERSION == 2 and sealed["checksum"].startswith("sha256:")
+    assert sealed["format_version"] == FORMAT_VERSION == 3 and sealed["checksum"].startswith("sha256:")
     assert validate_metadata(copy.deepcopy(sealed), "x") == {**m, "format_version": FORMAT_VERSION}
     assert "checksum" not in m  # sealing copies
 

@@ -332,6 +332,13 @@ def validate_metadata(meta: object, path: str) -> dict[str, Any]:
         path,
         "commit.nonfinite must map array names to counts",
     )
+    for key in ("row_stats", "row_stats_crc32c"):
+        got = commit.get(key, {})
+        _expect(isinstance(got, dict) and all(k in meta["roles"] for k in got), path,
+                f"commit.{key} must map declared roles to values")
+    for role, crcs in commit.get("row_stats_crc32c", {}).items():
+        _expect(isinstance(crcs, list) and all(_is_count(c) and c < 2**32 for c in crcs), path,
+                f"commit.row_stats_crc32c[{role!r}] must be a list of crc32c values")
     _check_checksum(meta, version, path)  # after the schema: a hand-edited record is told what is malformed first
     return {k: v for k, v in meta.items() if k != CHECKSUM_FIELD}
 

@@ -26,7 +26,7 @@ from ._format import (
 )
 from ._parts import merge_metadata, open_parts
 from ._rowindex import RowIndex, RowTable
-from ._rowstats import stats_key
+from ._rowstats import CheckedStats, stats_key
 from ._view import ActView
 
 if TYPE_CHECKING:
@@ -311,9 +311,12 @@ class ActStore:
             reader = self._reader(rows_key(role), len(cols), np.dtype("<i8"), n)
             stats = None
             n_chunks = -(-n // self._chunk_rows)
-            if not self._parts and self.meta["commit"].get("row_stats", {}).get(role) == n_chunks and n_chunks:
-                stats = self._array_reader(self._be, self.meta, stats_key(role), 2 * len(cols), np.dtype("<i8"),
-                                           n_chunks)
+            commit = self.meta["commit"]
+            if not self._parts and commit.get("row_stats", {}).get(role) == n_chunks and n_chunks:
+                stats = CheckedStats(role, self._chunk_rows, commit.get("row_stats_crc32c", {}).get(role),
+                                     n // self._chunk_rows, lambda k: self._array_reader(
+                                         self._be, self.meta, stats_key(role), 2 * len(cols), np.dtype("<i8"), k,
+                                     ).read_range(0, k), str(self.path))
             found = self._indexes[role] = RowIndex(reader, cols, role, str(self.path), stats)
         return found
 

@@ -176,6 +176,8 @@ class RowIndex:
         """Whole row tables loaded so far (``store.rows(role)``)."""
         self._stats_reader = stats_reader
         self._stats: np.ndarray | None = None
+        self._tail: tuple[int, RowTable] | None = None
+        """The last chunk read to compute its statistics."""
         self._distinct: dict[str, np.ndarray] = {}
         self._lru: OrderedDict[int, RowTable] = OrderedDict()
 
@@ -194,6 +196,8 @@ class RowIndex:
         if hit is not None:
             self._lru.move_to_end(c)
             return hit
+        if self._tail is not None and self._tail[0] == c:
+            return self._tail[1]
         lo, hi = int(self.bounds[c]), int(self.bounds[c + 1])
         mat = self.reader.read_range(lo, hi)
         self.chunks_read += 1
@@ -227,19 +231,21 @@ class RowIndex:
 
     # -------------------------------------------------------------------------------------------- stats
     def stats(self) -> np.ndarray:
-        """Per-chunk ``[min of each column..., max of each column...]`` (n_chunks, 2C): stored with the commit,
-        or computed here chunk by chunk (stores written before per-chunk statistics)."""
+        """Per-chunk ``[min of each column..., max of each column...]`` (n_chunks, 2C): stored with the commit and
+        checked against its crc32c, or computed here chunk by chunk (stores written before per-chunk statistics,
+        and the last chunk while it is still filling)."""
         if self._stats is None:
-            if self._stats_reader is not None:
-                self._stats = self._stats_reader.read_range(0, self.n_chunks)
-            else:
-                c = len(self.columns)
-                out = np.empty((self.n_chunks, 2 * c), dtype=_I8)
-                for k in range(self.n_chunks):
-                    table = self.chunk(k)
-                    for j, name in enumerate(self.columns):
-                        out[k, j], out[k, c + j] = table[name].min(), table[name].max()
-                self._stats = out
+            c = len(self.columns)
+            out, first = np.empty((self.n_chunks, 2 * c), dtype=_I8), 0
+            if self._stats_reader is not None:  # rows past ``trusted`` (a chunk still filling) are computed here
+                first = min(self.n_chunks, self._stats_reader.trusted)
+                out[:first] = self._stats_reader.read_range(0, self.n_chunks)[:first]
+            for k in range(first, self.n_chunks):
+                table = self.chunk(k)
+                self._tail = (k, table)  # kept: a filter reading it next does not read it again
+                for j, name in enumerate(self.columns):
+                    out[k, j], out[k, c + j] = table[name].min(), table[name].max()
+            self._stats = out
         return self._stats
 
     def column(self, name: str) -> int:

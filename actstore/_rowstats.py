@@ -10,22 +10,30 @@ Safety argument: a stats row is always computed from the whole chunk buffer of a
 rows appended so far, uncommitted ones included). After a rollback or with rows beyond the commit it can only
 describe *more* rows than are committed, so its range is a superset: a filter may read a chunk in vain, never
 skip one that matches. The next job of that chunk makes it exact again.
+
+Integrity: a filter *skips* the chunks the statistics rule out, so a wrong stats chunk (swapped with another
+role's, or another position's, each passing its crc32c) would drop matching rows without a word. The commit
+record therefore carries, per stats chunk, the crc32c of its rows for the row-table chunks that are full
+(``commit.row_stats_crc32c[role]``; those rows never change again), and the reader checks the statistics against
+it before it uses them and never skips the last, partly filled chunk, whose row a live writer rewrites at every
+commit (:class:`CheckedStats`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ._backend import Backend
 from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, read_rows
-from ._codec import BlockCodec
+from ._codec import BlockCodec, crc32c
 from ._errors import CorruptStoreError
 from ._format import rows_key
 
-__all__ = ["RowStatsWriter", "chunk_stats", "stats_key"]
+__all__ = ["CheckedStats", "RowStatsWriter", "chunk_stats", "stats_crcs", "stats_key"]
 
 _I8 = np.dtype("<i8")
 
@@ -38,6 +46,46 @@ def stats_key(role: str) -> str:
 def chunk_stats(rows_NC: np.ndarray) -> np.ndarray:
     """One stats row of a chunk's rows: ``[min of each column..., max of each column...]``."""
     return np.concatenate([rows_NC.min(axis=0), rows_NC.max(axis=0)]).astype(_I8)
+
+
+def _crc(rows: np.ndarray) -> int:
+    return int.from_bytes(crc32c(np.ascontiguousarray(rows, dtype=_I8).reshape(-1).view(np.uint8)), "little")
+
+
+def stats_crcs(stats: np.ndarray, chunk_rows: int) -> list[int]:
+    """The crc32c of the rows of each stats chunk (``chunk_rows`` stats rows each, the last one partly filled)."""
+    return [_crc(stats[s : s + chunk_rows]) for s in range(0, len(stats), chunk_rows)]
+
+
+class CheckedStats:
+    """A role's committed statistics, checked against the crc32c the commit record holds for them (the
+    ``read_range`` of an array reader, for :class:`~actstore._rowindex.RowIndex`); records written before the
+    checksums (``crcs`` None) are read as stored.
+
+    The crc32c cover the stats rows of the row-table chunks that are full (``n_full``): those never change once
+    committed. The last, partly filled chunk's row is rewritten at every commit while a writer appends, so it is
+    not covered: :attr:`trusted` says how many rows the caller may use as stored (the reader computes the last
+    one from the row table itself)."""
+
+    def __init__(self, role: str, chunk_rows: int, crcs: list[int] | None, n_full: int,
+                 read: Callable[[int], np.ndarray], path: str) -> None:
+        self._role = role
+        self._chunk_rows = chunk_rows
+        self._crcs = crcs
+        self.trusted = n_full if crcs is not None else 1 << 62
+        """Rows covered by the record's crc32c (all of them in a store from before the checksums)."""
+        self._read = read
+        """``read(n)``: the first ``n`` stats rows as stored."""
+        self._path = path
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        stats = self._read(stop)
+        if self._crcs is not None and stats_crcs(stats[: self.trusted], self._chunk_rows) != self._crcs:
+            raise CorruptStoreError(
+                f"{stats_key(self._role)} in {self._path} does not match the crc32c the commit record holds for it: "
+                "the row statistics were swapped, replaced or damaged (a filter would skip rows that match); "
+                "`actstore verify` lists the chunks; `actstore export` copies the store with statistics rebuilt")
+        return stats[start:]
 
 
 class RowStatsWriter:
@@ -60,6 +108,11 @@ class RowStatsWriter:
         """Roles whose earlier chunks have no stats (a store written before them, resumed): none recorded."""
         self._created: set[str] = set(self._committed)
         self._seen: set[str] = set()
+        self._full_crcs: dict[str, dict[int, int]] = {
+            role: {i: c for i, c in enumerate(crcs) if (i + 1) * chunk_rows <= self._committed.get(role, 0)}
+            for role, crcs in (meta["commit"].get("row_stats_crc32c") or {}).items()}
+        """Per role: the crc32c of each full stats chunk (``chunk_rows`` stats rows, never rewritten but by a
+        rollback), for ``commit.row_stats_crc32c``."""
 
     def _role_of(self, key: str) -> str | None:
         for role in self._meta["roles"]:
@@ -80,6 +133,25 @@ class RowStatsWriter:
                 self._off.add(role)  # rows committed before this writer have no stats: left to the reader
                 return
         self._dirty.setdefault(role, {})[job.chunk] = chunk_stats(job.buf[: job.fill])
+
+    def checksums(self, roles: dict[str, int], row_stats: dict[str, int]) -> dict[str, list[int]]:
+        """``commit.row_stats_crc32c`` for the ``row_stats`` that :meth:`flush` returned and the committed row
+        counts ``roles``: per role, the crc32c of each stats chunk's rows of full row-table chunks, as stored."""
+        out: dict[str, list[int]] = {}
+        for role in row_stats:
+            n_full = int(roles.get(role, 0)) // self._chunk_rows
+            full = self._full_crcs.setdefault(role, {})
+            crcs = []
+            for s in range(-(-n_full // self._chunk_rows)):
+                want = min(self._chunk_rows, n_full - s * self._chunk_rows)
+                crc = full.get(s) if want == self._chunk_rows else None
+                if crc is None:
+                    crc = _crc(self._stats_chunk(role, s, self._buffer(role))[:want])
+                    if want == self._chunk_rows:
+                        full[s] = crc
+                crcs.append(crc)
+            out[role] = crcs
+        return out
 
     def flush(self, roles: dict[str, int]) -> dict[str, int]:
         """Write the stats of every changed chunk (before the commit record); return ``commit.row_stats``."""
@@ -137,6 +209,7 @@ class RowStatsWriter:
             job = ChunkJob(table.key, s, buf, fill, [], final=False)
             self._be.write_chunk(table.key, s, encode_chunk(job, table), durable=False)
             self._cached[role] = (s, rows)
+            self._full_crcs.setdefault(role, {}).pop(s, None)  # recomputed by checksums() from these rows
 
     def _stats_chunk(self, role: str, s: int, table: ChunkBuffer) -> np.ndarray:
         """The stats rows of stats chunk ``s`` that earlier commits wrote (empty when none), read back like any

@@ -34,7 +34,7 @@ from ._format import (
     schema_arrays,
 )
 from ._reader import ActStore
-from ._rowstats import stats_key
+from ._rowstats import stats_crcs, stats_key
 from ._storage import Backend
 
 __all__ = ["Problem", "VerifyReport", "verify"]
@@ -264,6 +264,10 @@ class _Verifier:
         stats = self.tables.get(stats_key(role))
         if stats is None or getattr(self.store, "_parts", None):  # parts carry no statistics (computed on read)
             return
+        crcs = self.meta["commit"].get("row_stats_crc32c", {}).get(role)
+        if crcs is not None and stats_crcs(stats[: len(table) // self.chunk_rows], self.chunk_rows) != crcs:
+            self._problem(stats_key(role), None, "the statistics do not match the crc32c in the commit record "
+                                                 "(swapped, replaced or damaged)")
         c = table.shape[1]
         for k in range(min(len(stats), -(-len(table) // self.chunk_rows))):
             rows = table[k * self.chunk_rows:(k + 1) * self.chunk_rows]

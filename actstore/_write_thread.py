@@ -265,6 +265,7 @@ class WriterThread(threading.Thread):
             "progress": mark.progress,
             "nonfinite": {k: a.nonfinite for k, a in self._arrays.items() if a.logical and a.nonfinite},
             "row_stats": row_stats,
+            "row_stats_crc32c": self._row_stats.checksums(dict(mark.roles), row_stats),
         }
         self._be.write_meta(seal_metadata(self.meta), durable=self._config.durable)
         self._pending = None

@@ -52,7 +52,9 @@ def test_select_reads_only_chunks_that_can_match(store: actstore.ActStore) -> No
         want = np.flatnonzero(np.isin(table[column], values))
         assert np.array_equal(view.row_index, want)
         assert torch.equal(view[:][:, 0].long(), torch.from_numpy(want))
-        assert index.chunks_read == int(could_match(table, column, values).sum())
+        could = could_match(table, column, values)
+        last_partial = N % CR != 0  # its statistics are computed from the chunk itself (it may still be filling)
+        assert index.chunks_read == int(could.sum()) + int(last_partial and not could[-1])
         assert index.full_reads == 0
 
 

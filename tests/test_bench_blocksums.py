@@ -17,5 +17,5 @@ def test_bench_blocksums_smoke(tmp_path: Path) -> None:
     got = json.loads(out.read_text())
     assert set(got["codecs"]) == {"lz4", "none"}
     for r in got["codecs"].values():
-        assert set(r["ratio"]) == {"write_time", "read_time", "row_p50", "epoch_rows_s"}
+        assert set(r["ratio"]) == {"write_time", "read_time", "row_p50", "epoch_rows_s"} and r["check_us_per_block"] > 0
         assert all(v > 0 for v in r["ratio"].values()) and r["sums_bytes"] > 0

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 from ._errors import (
     ActStoreError,
+    ConfigError,
     CorruptStoreError,
     FormatVersionError,
     InvalidNameError,
@@ -29,52 +30,51 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._backend import store_exists
-    from ._config import CODECS, ConfigError, StoreConfig
-    from ._create import create
-    from ._export import convert, export
-    from ._features import FeatureSet, TopExamples
-    from ._features_pass import FeaturePassConfig, feature_pass, load_sae
-    from ._format import FORMAT_VERSION, NO_STEP
-    from ._info import render_summary, summarize
-    from ._loader import ActDataset, ActLoader
-    from ._loader_config import LoaderConfig
-    from ._parts import parse_part, part_path
-    from ._reader import ActStore
-    from ._reader import open_store as open  # noqa: A004
-    from ._verify import VerifyReport, verify
-    from ._view import ActView
-    from ._writer import StoreWriter
-    from .dashboard import DashboardConfig, write_dashboard
+    from .format._format import FORMAT_VERSION, NO_STEP
+    from .read._reader import ActStore
+    from .read._reader import open_store as open  # noqa: A004
+    from .read._view import ActView
+    from .storage._backend import store_exists
+    from .storage._parts import parse_part, part_path
+    from .tools._export import convert, export
+    from .tools._features import FeatureSet, TopExamples
+    from .tools._features_pass import FeaturePassConfig, feature_pass, load_sae
+    from .tools._info import render_summary, summarize
+    from .tools._verify import VerifyReport, verify
+    from .tools.dashboard import DashboardConfig, write_dashboard
+    from .train._loader import ActDataset, ActLoader
+    from .train._loader_config import LoaderConfig
+    from .write._config import CODECS, StoreConfig
+    from .write._create import create
+    from .write._writer import StoreWriter
 
 _LAZY: dict[str, tuple[str, str]] = {
-    "CODECS": ("._config", "CODECS"),
-    "ConfigError": ("._config", "ConfigError"),
-    "StoreConfig": ("._config", "StoreConfig"),
-    "FORMAT_VERSION": ("._format", "FORMAT_VERSION"),
-    "NO_STEP": ("._format", "NO_STEP"),
-    "ActDataset": ("._loader", "ActDataset"),
-    "ActLoader": ("._loader", "ActLoader"),
-    "LoaderConfig": ("._loader_config", "LoaderConfig"),
-    "ActStore": ("._reader", "ActStore"),
-    "open": ("._reader", "open_store"),
-    "ActView": ("._view", "ActView"),
-    "StoreWriter": ("._writer", "StoreWriter"),
-    "create": ("._create", "create"),
-    "verify": ("._verify", "verify"),
-    "VerifyReport": ("._verify", "VerifyReport"),
-    "export": ("._export", "export"),
-    "convert": ("._export", "convert"),
-    "summarize": ("._info", "summarize"),
-    "render_summary": ("._info", "render_summary"),
-    "store_exists": ("._backend", "store_exists"),
-    "parse_part": ("._parts", "parse_part"),
-    "part_path": ("._parts", "part_path"),
-    "FeatureSet": ("._features", "FeatureSet"),
-    "TopExamples": ("._features", "TopExamples"),
-    "FeaturePassConfig": ("._features_pass", "FeaturePassConfig"),
-    "feature_pass": ("._features_pass", "feature_pass"),
-    "load_sae": ("._features_pass", "load_sae"),
+    "CODECS": (".write._config", "CODECS"),
+    "StoreConfig": (".write._config", "StoreConfig"),
+    "FORMAT_VERSION": (".format._format", "FORMAT_VERSION"),
+    "NO_STEP": (".format._format", "NO_STEP"),
+    "ActDataset": (".train._loader", "ActDataset"),
+    "ActLoader": (".train._loader", "ActLoader"),
+    "LoaderConfig": (".train._loader_config", "LoaderConfig"),
+    "ActStore": (".read._reader", "ActStore"),
+    "open": (".read._reader", "open_store"),
+    "ActView": (".read._view", "ActView"),
+    "StoreWriter": (".write._writer", "StoreWriter"),
+    "create": (".write._create", "create"),
+    "verify": (".tools._verify", "verify"),
+    "VerifyReport": (".tools._verify", "VerifyReport"),
+    "export": (".tools._export", "export"),
+    "convert": (".tools._export", "convert"),
+    "summarize": (".tools._info", "summarize"),
+    "render_summary": (".tools._info", "render_summary"),
+    "store_exists": (".storage._backend", "store_exists"),
+    "parse_part": (".storage._parts", "parse_part"),
+    "part_path": (".storage._parts", "part_path"),
+    "FeatureSet": (".tools._features", "FeatureSet"),
+    "TopExamples": (".tools._features", "TopExamples"),
+    "FeaturePassConfig": (".tools._features_pass", "FeaturePassConfig"),
+    "feature_pass": (".tools._features_pass", "feature_pass"),
+    "load_sae": (".tools._features_pass", "load_sae"),
     "DashboardConfig": (".dashboard", "DashboardConfig"),
     "write_dashboard": (".dashboard", "write_dashboard"),
 }

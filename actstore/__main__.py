@@ -234,8 +234,8 @@ def _layer(text: str) -> int | str:
 
 
 def info(cmd: Info) -> int:
-    from ._info import render_summary, summarize
-    from ._reader import ActStore
+    from .read._reader import ActStore
+    from .tools._info import render_summary, summarize
 
     with ActStore.open(cmd.path) as store:
         summary = summarize(store)
@@ -249,7 +249,7 @@ def info(cmd: Info) -> int:
 
 
 def plot(cmd: Plot) -> int:
-    from ._plot import plot_store
+    from .tools._plot import plot_store
 
     src = Path(cmd.path)
     out = cmd.out or str(src.with_name(f"{src.stem}.{cmd.role}.{cmd.layer}.{cmd.kind}.png"))
@@ -260,7 +260,7 @@ def plot(cmd: Plot) -> int:
 
 
 def export(cmd: Export) -> int:
-    from ._export import export as run_export
+    from .tools._export import export as run_export
 
     src = Path(cmd.path.rstrip("/"))
     suffix = {"h5": ".h5", "zarr": ".zarr", "npy": ".npy", "safetensors": ".safetensors"}[cmd.to]
@@ -301,7 +301,7 @@ def lens(cmd: Lens) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ._reader import ActStore
+    from .read._reader import ActStore
 
     cap = _capture("lens")
     spec = cap.check_head(cmd.head, cmd.allow_untrained)  # refuse before loading a model
@@ -355,7 +355,7 @@ def torch_col(values: object) -> object:
 
 
 def verify(cmd: Verify) -> int:
-    from ._verify import verify as run_verify
+    from .tools._verify import verify as run_verify
 
     report = run_verify(cmd.path)
     for line in report.render():
@@ -364,7 +364,7 @@ def verify(cmd: Verify) -> int:
 
 
 def shuffle(cmd: Shuffle) -> int:
-    from ._reshuffle import ShuffleConfig, shuffle_store
+    from .tools._reshuffle import ShuffleConfig, shuffle_store
 
     src = Path(cmd.path.rstrip("/"))
     out = cmd.out or str(src.with_name(f"{src.stem}.shuffled{src.suffix or '.zarr'}"))
@@ -375,10 +375,9 @@ def shuffle(cmd: Shuffle) -> int:
 
 
 def features(cmd: Features) -> int:
-    from ._config import ConfigError
-    from ._errors import InvalidNameError
-    from ._features_pass import FeaturePassConfig, feature_pass
-    from ._reader import ActStore
+    from ._errors import ConfigError, InvalidNameError
+    from .read._reader import ActStore
+    from .tools._features_pass import FeaturePassConfig, feature_pass
 
     if cmd.kind == "topk" and cmd.k is None:
         raise ConfigError("a TopK SAE needs --k (active latents per row); or pass --kind jumprelu")
@@ -395,8 +394,8 @@ def features(cmd: Features) -> int:
 
 
 def dashboard(cmd: Dashboard) -> int:
-    from ._reader import ActStore
-    from .dashboard import DashboardConfig, write_dashboard
+    from .read._reader import ActStore
+    from .tools.dashboard import DashboardConfig, write_dashboard
 
     cfg = DashboardConfig(top=cmd.top, max_features=cmd.max_features, tokenizer=cmd.tokenizer)
     src = Path(cmd.path.rstrip("/"))
@@ -475,7 +474,7 @@ def _parse(argv: list[str]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``actstore`` command; returns the exit status (see the module docstring)."""
-    from ._config import ConfigError
+    from ._errors import ConfigError
 
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] in (["--version"], ["-V"]):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ActStoreError",
+    "ConfigError",
     "CorruptStoreError",
     "FormatVersionError",
     "InvalidNameError",
@@ -26,6 +27,10 @@ __all__ = [
 
 class ActStoreError(Exception):
     """Root of every error actstore raises on purpose."""
+
+
+class ConfigError(ActStoreError, ValueError):
+    """A configuration value outside its valid range (store, loader, feature pass, dashboard options)."""
 
 
 class UnknownKeyError(ActStoreError, KeyError):

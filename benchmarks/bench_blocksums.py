@@ -25,7 +25,7 @@ import torch
 import tyro
 
 import actstore
-from actstore._zarr import ZarrBackend
+from actstore.storage._zarr import ZarrBackend
 
 D = 2048
 

@@ -16,7 +16,7 @@ Three rates each, interleaved rounds, median (best beside it):
 
 - ``loader``: ``store.loader(layer, role, shuffle=False)`` read to the end, batches moved to the SAE's device (the
   baseline: what a consumer of the rows can get; shared by both SAEs);
-- ``feature_pass``: :func:`actstore._features_pass.feature_pass`, the whole pass (read, encode, top-k, histograms,
+- ``feature_pass``: :func:`actstore.tools._features_pass.feature_pass`, the whole pass (read, encode, top-k, histograms,
   density by step / task / episode) into a derived group;
 - ``encode_only``: ``SAEEncoder.encode_sparse`` alone on one resident batch (no I/O, no statistics), on the CPU in a
   thread with one intra-op thread as the pass runs it. Below 2x the loader's rate the SAE is called the bottleneck
@@ -42,7 +42,7 @@ import tyro
 from safetensors.torch import save_file
 
 import actstore
-from actstore._features_pass import FeaturePassConfig, feature_pass, load_sae
+from actstore.tools._features_pass import FeaturePassConfig, feature_pass, load_sae
 
 LAYER, ROLE = 14, "decision"
 STEPS, HORIZON = 10, 50

@@ -26,8 +26,8 @@ import torch
 import tyro
 
 import actstore
-from actstore._codec import crc32c
-from actstore._h5 import H5Backend
+from actstore.format._codec import crc32c
+from actstore.storage._h5 import H5Backend
 
 D = 2048
 

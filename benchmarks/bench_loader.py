@@ -155,7 +155,7 @@ def bench_actstore(store: actstore.ActStore, batch: int, n_batches: int, d: int,
 def bench_sae(store: actstore.ActStore, batch: int, steps: int, d: int, m: int, rounds: int = 3,
               device: str = "cpu") -> dict[str, float]:
     """SAE training steps/s with batches from the loader vs from memory (on ``device``), interleaved, medians."""
-    from actstore._sae import TopKSAE
+    from actstore.train._sae import TopKSAE
 
     mem = store[14, "decision"][: batch * 4].float().to(device)
     gpu = device.startswith("cuda")

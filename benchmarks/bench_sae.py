@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import tyro
 
-from actstore._sae import TopKSAE
+from actstore.train._sae import TopKSAE
 
 __all__ = ["main"]
 

@@ -105,8 +105,8 @@ def write_store(path: Path, n_rows: int, layout: Layout, d: int, chunk_rows: int
 
 
 # ------------------------------------------------------------------------------------------------ probes
-_WARM = ("actstore._reader", "actstore._loader", "actstore._shuffle", "actstore._rowindex", "actstore._blocks",
-         "actstore._view", "torch")
+_WARM = ("actstore.read._reader", "actstore.train._loader", "actstore.train._shuffle", "actstore.read._rowindex", "actstore.read._blocks",
+         "actstore.read._view", "torch")
 
 
 def _status(field: str) -> int:

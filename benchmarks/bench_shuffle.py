@@ -26,8 +26,8 @@ import numpy as np
 import tyro
 
 import actstore
-from actstore._export import convert
-from actstore._reshuffle import shuffle_store
+from actstore.tools._export import convert
+from actstore.tools._reshuffle import shuffle_store
 
 D = 2048
 CHUNK_ROWS = 4096

@@ -511,9 +511,9 @@ def run_case(p: Pristine, case: Case, work: Path) -> Result:
     the working copy under ``work``, restored afterwards."""
     import hdf5plugin  # noqa: F401  imported before the fork, not once per child
 
-    import actstore._h5  # noqa: F401
-    import actstore._reader  # noqa: F401
-    import actstore._verify  # noqa: F401
+    import actstore.read._reader  # noqa: F401
+    import actstore.storage._h5  # noqa: F401
+    import actstore.tools._verify  # noqa: F401
 
     store = work / p.path.name
     if not store.exists():

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import actstore
-from actstore._backend import ZarrDirBackend
+from actstore.storage._backend import ZarrDirBackend
 
 SAMPLES_PER_BATCH = 3
 STEPS = 3

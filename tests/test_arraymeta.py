@@ -12,8 +12,8 @@ from conftest import write_store
 
 import actstore
 from actstore import ActStore, CorruptStoreError
-from actstore._arraymeta import check_array_doc, check_zarr_array_docs
-from actstore._format import schema_arrays
+from actstore.format._arraymeta import check_array_doc, check_zarr_array_docs
+from actstore.format._format import schema_arrays
 
 KEY = "acts/decision/6"
 

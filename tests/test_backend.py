@@ -15,8 +15,8 @@ import torch
 from conftest import write_store
 
 import actstore
-from actstore._backend import detect_backend
-from actstore._format import FORMAT_VERSION
+from actstore.format._format import FORMAT_VERSION
+from actstore.storage._backend import detect_backend
 
 
 def test_detect_backend() -> None:

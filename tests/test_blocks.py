@@ -10,8 +10,8 @@ import torch
 from conftest import write_store
 
 from actstore import ActStore, CorruptStoreError
-from actstore._blocks import ArrayReader, BlockCache, ConcatReader
-from actstore._codec import BlockCodec, crc32c
+from actstore.format._codec import BlockCodec, crc32c
+from actstore.read._blocks import ArrayReader, BlockCache, ConcatReader
 
 
 def test_cache_is_lru_and_bounded() -> None:

@@ -1,4 +1,4 @@
-"""Block sums (actstore/_blocksums.py): every block bound to its array and position, checked on every read path.
+"""Block sums (actstore/read/_blocksums.py): every block bound to its array and position, checked on every read path.
 
 The references are independent of the reader: the numpy arrays a store was written from, the chunk files' bytes as
 split by the shard layout, and plain zarr-python for the block-sums arrays.
@@ -18,12 +18,12 @@ from conftest import write_store
 
 import actstore
 from actstore import ActStore
-from actstore._blocksums import ENTRIES, sums_key
-from actstore._codec import crc32c, split_shard
 from actstore._errors import CorruptStoreError
-from actstore._format import seal_metadata, validate_metadata
-from actstore._verify import verify
-from actstore._zarr import ZarrDirBackend
+from actstore.format._codec import crc32c, split_shard
+from actstore.format._format import seal_metadata, validate_metadata
+from actstore.read._blocksums import ENTRIES, sums_key
+from actstore.storage._zarr import ZarrDirBackend
+from actstore.tools._verify import verify
 
 ACTS = "acts/decision/6"
 
@@ -152,7 +152,7 @@ def test_resume_keeps_the_stored_bytes_of_full_blocks(tmp_path: Path) -> None:
 def test_a_commit_behind_the_buffered_chunk_reads_its_last_block_back(tmp_path: Path, monkeypatch) -> None:
     """The commit's last block lies in a chunk the writer has already filled and handed off: its entry is computed
     from the block read back from disk."""
-    import actstore._write_thread as wt
+    import actstore.write._write_thread as wt
 
     calls: list[int] = []
     real = wt.read_rows
@@ -234,7 +234,7 @@ def test_a_store_without_block_sums_is_read_and_resumed_without_them(tmp_path: P
     meta["format_version"] = 2
     doc = seal_metadata(meta)
     doc["format_version"] = 2  # as an older actstore wrote it
-    from actstore._format import record_checksum
+    from actstore.format._format import record_checksum
 
     doc["checksum"] = record_checksum({k: v for k, v in doc.items() if k != "checksum"})
     be.write_meta(doc, durable=False)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from actstore._chunks import ChunkBuffer, count_nonfinite, encode_block
-from actstore._codec import BlockCodec
+from actstore.format._codec import BlockCodec
+from actstore.write._chunks import ChunkBuffer, count_nonfinite, encode_block
 
 
 def _table(logical: str | None = None) -> ChunkBuffer:

@@ -8,7 +8,7 @@ import zarr
 
 import actstore
 from actstore import CorruptStoreError
-from actstore._codec import BlockCodec, join_shard, split_shard
+from actstore.format._codec import BlockCodec, join_shard, split_shard
 
 
 @pytest.mark.parametrize("codec", actstore.CODECS)

@@ -11,7 +11,7 @@ import pytest
 from test_crash import SEED, _expected, read_all
 
 from actstore import ActStore
-from actstore._verify import verify
+from actstore.tools._verify import verify
 
 BATCHES = 40
 
@@ -54,7 +54,7 @@ def test_reader_sees_consistent_prefix_while_writing(tmp_path: Path) -> None:
 def test_block_read_survives_chunk_replaced_between_index_and_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer replaces a partial chunk (temp + rename) while a reader is between reading the chunk's index and
     the block's bytes: the reader must still get the old, consistent bytes (one open file), not a mix."""
-    from actstore import _zarr  # the local Zarr backend parses each shard index there
+    from actstore.storage import _zarr  # the local Zarr backend parses each shard index there
 
     path = tmp_path / "run.zarr"
     cw.write(str(path), SEED, 1)

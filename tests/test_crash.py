@@ -24,7 +24,7 @@ import torch
 
 import actstore
 from actstore import ActStore
-from actstore._verify import verify
+from actstore.tools._verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("_crash_writer.py")
@@ -236,7 +236,7 @@ def test_sigkill_loop_on_hdf5_loses_no_committed_row(tmp_path: Path) -> None:
     import random
     import shutil
 
-    from actstore._h5stage import staging_path
+    from actstore.storage._h5stage import staging_path
 
     rng = random.Random(SEED)
     path = tmp_path / "run.h5"

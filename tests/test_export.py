@@ -12,7 +12,7 @@ from conftest import write_store
 from safetensors import safe_open
 
 import actstore
-from actstore._export import export, load_npy
+from actstore.tools._export import export, load_npy
 
 
 def _assert_same_store(a_path: Path, b_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_reencode_to_codec_none_is_bit_exact(tmp_path) -> None:
     from conftest import write_store
 
     import actstore
-    from actstore._export import convert
+    from actstore.tools._export import convert
 
     src = tmp_path / "a.zarr"
     truth = write_store(src, n_samples=6)

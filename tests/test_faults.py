@@ -28,7 +28,7 @@ from actstore import (
     StoreLockedError,
     UnknownKeyError,
 )
-from actstore._verify import verify
+from actstore.tools._verify import verify
 
 
 @pytest.mark.timeout(120)

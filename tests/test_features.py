@@ -19,8 +19,8 @@ from conftest import write_store
 from safetensors.torch import save_file
 
 import actstore
-from actstore._features import FEATURES_FORMAT_VERSION, derived_root, feature_names
-from actstore._features_pass import FeaturePassConfig, feature_pass, load_sae
+from actstore.tools._features import FEATURES_FORMAT_VERSION, derived_root, feature_names
+from actstore.tools._features_pass import FeaturePassConfig, feature_pass, load_sae
 
 D, M, K = 32, 64, 4
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from actstore import CorruptStoreError, FormatVersionError, InvalidNameError
-from actstore._format import (
+from actstore.format._format import (
     FORMAT_VERSION,
     check_name,
     committed_rows,

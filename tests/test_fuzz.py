@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from test_crash import read_all
 
 from actstore import ActStore, ActStoreError, CorruptStoreError
-from actstore._verify import verify
+from actstore.tools._verify import verify
 
 HANG_S = 5
 FUZZ = settings(deadline=None, max_examples=60, suppress_health_check=list(HealthCheck), derandomize=True)

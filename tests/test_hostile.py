@@ -15,7 +15,7 @@ from conftest import write_store
 
 import actstore
 from actstore import ActStore, ActStoreError, CorruptStoreError
-from actstore._verify import verify
+from actstore.tools._verify import verify
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -133,8 +133,8 @@ def test_unreadable_chunk(store: Path) -> None:
 def test_commit_of_2_40_rows_is_typed(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit record claiming 2^40 rows (checksums can be recomputed by whoever forges it): a typed error, not a
     MemoryError, and nothing allocated."""
-    from actstore._blocks import ArrayReader, BlockCache
-    from actstore._codec import BlockCodec
+    from actstore.format._codec import BlockCodec
+    from actstore.read._blocks import ArrayReader, BlockCache
 
     with ActStore.open(store) as s:
         be = s._be  # noqa: SLF001 - the reader a forged record would make

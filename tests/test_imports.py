@@ -34,7 +34,7 @@ def test_import_actstore_loads_neither_capture_nor_torch() -> None:
 def test_actstore_public_api_without_capture() -> None:
     """With ``import capture`` failing, every name in ``actstore.__all__`` (and the dashboard) still resolves."""
     proc = _run("import sys\nsys.modules['capture'] = None\n"
-                "import actstore, actstore.dashboard, actstore.__main__\n"
+                "import actstore, actstore.tools.dashboard, actstore.__main__\n"
                 "for name in actstore.__all__:\n    getattr(actstore, name)\n"
                 "print('capture' in sys.modules and sys.modules['capture'] is not None)")
     assert proc.returncode == 0, proc.stderr

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 import actstore
 from actstore import ActDataset, ActStore, LoaderConfig
-from actstore._config import ConfigError
+from actstore._errors import ConfigError
 
 
 def make_store(path: Path, n: int = 1000, layers: tuple[int, ...] = (3, 5), d: int = 8,
@@ -180,7 +180,7 @@ def test_bad_options_name_the_value(store: ActStore) -> None:
 
 
 def test_producer_errors_reach_the_consumer(store: ActStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from actstore._blocks import ArrayReader
+    from actstore.read._blocks import ArrayReader
 
     def boom(*a: object) -> None:
         raise actstore.CorruptStoreError("bad chunk")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import actstore
-from actstore._lock import FileLock, lock_error
+from actstore.storage._lock import FileLock, lock_error
 
 
 def test_exclusive_lock_is_removed_on_release(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_permission_and_read_only_errors_are_typed(code: int) -> None:
     err = lock_error(OSError(code, os.strerror(code)), "/x/run.zarr", "create")
     assert isinstance(err, actstore.StoreAccessError) and isinstance(err, PermissionError)
     assert "/x/run.zarr" in str(err) and "permissions" in str(err)
-    from actstore._files import read_error
+    from actstore.storage._files import read_error
 
     assert isinstance(read_error(OSError(code, os.strerror(code)), "/x/run.zarr/zarr.json"),
                       actstore.StoreAccessError if code != errno.EROFS else actstore.ActStoreError)

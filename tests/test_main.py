@@ -37,9 +37,9 @@ def test_plot_export_verify_through_main(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["export", str(tmp_path / "run.zarr"), "--to", "npy", "--layer", "10", "--step", "1"]) == 0
     assert (tmp_path / "run.npy" / "manifest.json").is_file()
     try:
-        import actstore._verify  # noqa: F401
+        import actstore.tools._verify  # noqa: F401
     except ImportError:
-        pytest.skip("actstore._verify is not there yet")
+        pytest.skip("actstore.tools._verify is not there yet")
     assert main(["verify", str(tmp_path / "run.h5")]) == 0
 
 
@@ -163,7 +163,7 @@ def test_features_and_shuffle_through_main(tmp_path: Path, capsys: pytest.Captur
     import torch
 
     import actstore
-    from actstore._features_pass import FeaturePassConfig, feature_pass
+    from actstore.tools._features_pass import FeaturePassConfig, feature_pass
 
     store = tmp_path / "run.zarr"
     write_store(store, n_samples=12, dtype=torch.float32)

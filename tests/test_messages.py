@@ -7,8 +7,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from actstore._format import SAMPLE_KEYS, acts_key, committed_rows, cond_acts_key, cond_rows_key, rows_key
-from actstore._messages import Append, Mark
+from actstore.format._format import (
+    SAMPLE_KEYS,
+    acts_key,
+    committed_rows,
+    cond_acts_key,
+    cond_rows_key,
+    rows_key,
+)
+from actstore.write._messages import Append, Mark
 
 
 def test_mark_of_a_commit_record_is_a_copy_with_the_same_rows() -> None:

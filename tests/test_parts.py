@@ -15,7 +15,7 @@ import torch
 
 import actstore
 from actstore import ActStore, SchemaMismatchError, _backend
-from actstore._parts import parse_part
+from actstore.storage._parts import parse_part
 
 _WRITER = """
 import sys, numpy as np, torch, actstore

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from actstore._loader_config import LoaderConfig
-from actstore._pipeline import Inputs, Work, _DoubleBuffer, _SlotRing, batches
-from actstore._rowindex import Selection
-from actstore._shuffle import EpochPlan, plan_epoch
+from actstore.read._rowindex import Selection
+from actstore.train._loader_config import LoaderConfig
+from actstore.train._pipeline import Inputs, Work, _DoubleBuffer, _SlotRing, batches
+from actstore.train._shuffle import EpochPlan, plan_epoch
 
 CHUNK = 16
 
 
 @dataclass
 class NumpyReader:
-    """A chunked array held in memory: the :class:`~actstore._pipeline.ChunkReader` protocol over numpy."""
+    """A chunked array held in memory: the :class:`~actstore.train._pipeline.ChunkReader` protocol over numpy."""
 
     data: np.ndarray
     chunk_rows: int = CHUNK

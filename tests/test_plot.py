@@ -10,7 +10,7 @@ import torch
 from conftest import write_store
 
 import actstore
-from actstore._plot import KINDS, collect, pca_2d, plot_store, sample_rows
+from actstore.tools._plot import KINDS, collect, pca_2d, plot_store, sample_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

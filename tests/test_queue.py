@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from actstore._queue import ByteQueue
+from actstore.write._queue import ByteQueue
 
 
 def test_fifo_and_byte_bound() -> None:

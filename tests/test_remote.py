@@ -11,7 +11,7 @@ from conftest import moto_s3, write_store
 
 import actstore
 from actstore import ActStore
-from actstore._remote import is_url
+from actstore.storage._remote import is_url
 
 pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")

@@ -1,4 +1,4 @@
-"""``shuffle_store``: the out-of-core uniform shuffle of a store (actstore/_reshuffle.py)."""
+"""``shuffle_store``: the out-of-core uniform shuffle of a store (actstore/tools/_reshuffle.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actstore
-from actstore._reshuffle import ShuffleConfig, bucket_permutation, shuffle_store
-from actstore._verify import verify
+from actstore.tools._reshuffle import ShuffleConfig, bucket_permutation, shuffle_store
+from actstore.tools._verify import verify
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ def test_sigkilled_shuffle_resumes_bit_exact(tmp_path: Path) -> None:
     truth = _source(tmp_path / "src.zarr", n=6000)
     code = (
         "import sys, actstore\n"
-        "from actstore._reshuffle import shuffle_store\n"
+        "from actstore.tools._reshuffle import shuffle_store\n"
         "real = actstore.StoreWriter.commit\n"
         "def slow(self, progress=None):\n"
         "    real(self, progress)\n"

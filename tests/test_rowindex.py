@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import actstore
-from actstore._rowindex import RowIndex
+from actstore.read._rowindex import RowIndex
 
 N, CR = 6000, 128
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import actstore
-from actstore._rowstats import chunk_stats
+from actstore.read._stats import chunk_stats
 
 
 def reference(table: dict[str, np.ndarray], columns: list[str], cr: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 import actstore
-from actstore._sae import TopKCodes, TopKSAE
+from actstore.train._sae import TopKCodes, TopKSAE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two training runs compared bit for bit
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from actstore import SchemaMismatchError
-from actstore._schema import as_index_column, check_acts, row_matrix
+from actstore.write._schema import as_index_column, check_acts, row_matrix
 
 
 def test_index_columns() -> None:

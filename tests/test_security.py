@@ -17,8 +17,8 @@ from test_crash import read_all
 
 import actstore
 from actstore import ActStore, CorruptStoreError, InvalidNameError
-from actstore._format import seal_metadata
-from actstore._verify import verify
+from actstore.format._format import seal_metadata
+from actstore.tools._verify import verify
 
 BAD_NAMES = ["..", "../x", "../../etc/passwd", "/abs", "/", "a/b", "a\\..", "a\0b", "x\x1b[31m", "new\nline", ".hidden",
              "", "a" * 129]

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actstore
-from actstore._rowindex import Selection
-from actstore._shuffle import plan_epoch, resume_split
+from actstore.read._rowindex import Selection
+from actstore.train._shuffle import plan_epoch, resume_split
 
 
 def selection(rows: np.ndarray, n: int, cr: int) -> Selection:

@@ -1,4 +1,4 @@
-"""``actstore._verify.verify``: a full check that reports every problem, each naming the array and the chunk."""
+"""``actstore.tools._verify.verify``: a full check that reports every problem, each naming the array and the chunk."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from conftest import write_store
 
 import actstore
-from actstore._verify import Problem, VerifyReport, verify
+from actstore.tools._verify import Problem, VerifyReport, verify
 
 
 def test_healthy_store_is_ok(tmp_path: Path, backend: str) -> None:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from actstore import ActStore, StoreConfig
-from actstore._backend import create_backend
-from actstore._format import acts_key, new_metadata, rows_key, seal_metadata
-from actstore._messages import Append, Close, Commit, Declare, Flush, Mark, Rollback
-from actstore._queue import ByteQueue
-from actstore._write_thread import WriterThread
+from actstore.format._format import acts_key, new_metadata, rows_key, seal_metadata
+from actstore.storage._backend import create_backend
+from actstore.write._messages import Append, Close, Commit, Declare, Flush, Mark, Rollback
+from actstore.write._queue import ByteQueue
+from actstore.write._write_thread import WriterThread
 
 ROLE = "r"
 KEY = acts_key(ROLE, "0")

@@ -56,7 +56,7 @@ def check_steer(model, obs, num_steps: int, *, mid: int, last: int, vlm_layer: i
                 full: bool = True) -> dict:
     """The steering checks above on ``model`` (expert layers ``mid`` and ``last``, PaliGemma layer ``vlm_layer``);
     ``full=False`` leaves out the clamp to 0 and the instruction role (two model runs each)."""
-    from actstore._sae import TopKSAE
+    from actstore.train._sae import TopKSAE
     from capture import SteerSpec, adapter_for, layout_for, steer_actions, steering
 
     adapter, layout = adapter_for(model), layout_for(model)

@@ -1,0 +1,282 @@
+"""The writer thread: handles a :class:`~actstore.write._writer.StoreWriter`'s messages in order, one handler per kind.
+
+It copies appended rows into per-array chunk buffers (:mod:`actstore.write._chunks`), hands every full chunk to a pool
+that encodes its blocks and writes it, and writes the commit record.
+
+Commit semantics: data becomes visible to readers (and to a resumed writer) only through the commit record in
+the root metadata. A commit is written at a *mark* (every append when ``autocommit``, else every ``commit()``),
+at most every ``commit_interval_s``, after every chunk holding the marked rows is on disk; a partly filled chunk
+is written whole (rewritten later as it grows, each time atomically). A crash therefore leaves the last commit
+intact; rows after it are ignored and overwritten on resume.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ..format._codec import BlockCodec
+from ..format._format import (
+    SAMPLE_KEYS,
+    acts_key,
+    arrays_of,
+    cond_acts_key,
+    cond_rows_key,
+    now_iso,
+    rows_key,
+    schema_arrays,
+    seal_metadata,
+)
+from ..read._blocksums import BlockSumsWriter
+from ..storage._backend import Backend
+from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, load_chunk, read_rows
+from ._config import StoreConfig
+from ._messages import Append, Close, Commit, Declare, Done, Flush, IntervalPassed, Mark, Message, Rollback
+from ._queue import ByteQueue
+from ._rowstats import RowStatsWriter
+
+__all__ = ["WriterThread"]
+
+
+class WriterThread(threading.Thread):
+    """Takes :mod:`actstore.write._messages` from ``queue`` until :class:`Close`.
+
+    The first error raised by a handler is kept in :attr:`error` (the producer re-raises it) and every later
+    message is skipped; ``Close`` still ends the thread. Resumed stores' committed partial chunks are read back by
+    the constructor, on the caller's thread.
+    """
+
+    def __init__(self, backend: Backend, meta: dict[str, Any], config: StoreConfig, queue: ByteQueue[Message], *,
+                 resumed: bool) -> None:
+        super().__init__(name="actstore-writer", daemon=True)
+        self.error: BaseException | None = None
+        """The first failure, re-raised by the producer as :class:`WriterFailedError`."""
+        self.meta = meta
+        """The store's record as last committed, plus the roles / conds / samples declared since."""
+        self._be = backend
+        self._config = config
+        self._queue = queue
+        layout = meta["layout"]
+        self._chunk_rows = int(layout["chunk_rows"])
+        self._block_rows = int(layout["block_rows"])
+        self._codec_name = str(layout["codec"])
+        self._arrays: dict[str, ChunkBuffer] = {}
+        """The chunk state of every array, by key."""
+        self._row_stats = RowStatsWriter(backend, meta, self._codec_name, self._chunk_rows, self._block_rows)
+        self._sums = (BlockSumsWriter(backend, self._block_rows, {a.key: n for a, n in schema_arrays(meta)})
+                      if layout.get("blocksums") else None)
+        """Writes the block sums at each commit (stores created with them: ``layout.blocksums``)."""
+        self._pending: Mark | None = None
+        """The last mark not committed yet."""
+        self._last_commit = time.monotonic()
+        if resumed:
+            self._load_committed()
+        self._workers = config.threads or os.cpu_count() or 2
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="actstore-enc")
+        self._inflight: deque[Future[None]] = deque()
+
+    @property
+    def nonfinite(self) -> dict[str, int]:
+        """NaN/Inf values per array as of the last commit."""
+        return dict(self.meta["commit"].get("nonfinite", {}))
+
+    def committed_sample_ids(self) -> list[int]:
+        """The sample ids of the committed rows of the samples table (read back from a resumed store)."""
+        n = int(self.meta["commit"]["samples"])
+        if self.meta["samples"] is None or not n:
+            return []
+        return [int(s) for s in read_rows(self._be, self._arrays[SAMPLE_KEYS["table"]], 0, n)[:, 0]]
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def run(self) -> None:
+        """Handle messages in order until :class:`Close`; wake up to write a pending commit when it is due."""
+        try:
+            while True:
+                got = self._queue.get(self._seconds_to_commit())
+                message, nbytes = got if got is not None else (IntervalPassed(), 0)
+                self._handle(message)
+                if isinstance(message, Close):
+                    return
+                self._queue.release(nbytes)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _seconds_to_commit(self) -> float | None:
+        if self._pending is None:
+            return None
+        return max(0.0, self._config.commit_interval_s - (time.monotonic() - self._last_commit))
+
+    def _handle(self, message: Message) -> None:
+        """Handle one message unless an earlier one failed; keep the first error."""
+        if self.error is not None:
+            return
+        try:
+            match message:
+                case Declare(kind, name, spec):
+                    self._declare(kind, name, spec)
+                case Append(arrays, done):
+                    self._append(arrays, done)
+                case Commit(mark):
+                    self._mark(mark)
+                case Rollback(mark):
+                    self._rollback(mark)
+                case Flush(mark, done):
+                    self._flush(mark, done)
+                case Close(mark):
+                    self._close(mark)
+                case IntervalPassed():
+                    self._commit_pending()
+        except BaseException as exc:  # noqa: BLE001 - kept and re-raised on the caller's thread
+            self.error = exc
+
+    # --------------------------------------------------------------------------------------- the handlers
+    def _declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        """Record a new role / cond / samples table in the record and create its arrays."""
+        if kind == "samples":
+            self.meta["samples"] = spec
+        else:
+            self.meta[f"{kind}s"][name] = spec
+        for a in arrays_of(kind, name, spec):
+            array = self._new_array(a.key, a.width, a.dtype, a.logical)
+            self._be.create_array(a.key, array.width, array.dtype, array.codec, self._chunk_rows, self._block_rows)
+            self._arrays[a.key] = array
+
+    def _append(self, arrays: tuple[tuple[str, np.ndarray], ...], done: Done) -> None:
+        """Copy the rows into their chunk buffers, tell the caller, then submit the chunks that filled up."""
+        jobs: list[ChunkJob] = []
+        for key, rows in arrays:
+            jobs.extend(self._arrays[key].add(rows))
+        if done is not None:
+            done()
+        for job in jobs:
+            self._submit(job)
+
+    def _mark(self, mark: Mark) -> None:
+        """A consistent point: committed now if the interval has passed, else when it does."""
+        self._pending = mark
+        if time.monotonic() - self._last_commit >= self._config.commit_interval_s:
+            self._commit_pending()
+
+    def _rollback(self, mark: Mark) -> None:
+        """Forget every row after ``mark``: rewind the buffered chunk, or reload a partial one from disk."""
+        self._drain()  # rows of earlier chunks are on disk before any is read back
+        for key, array in self._arrays.items():
+            target = mark.rows(key)
+            if array.n_rows <= target:
+                continue
+            if self._sums is not None:
+                self._sums.rewind(key, target)
+            start = array.n_rows - array.fill  # first row of the buffered chunk
+            if array.buf is not None and target >= start:
+                array.rewind(target)
+            else:
+                load_chunk(self._be, array, target)
+
+    def _flush(self, mark: Mark, done: threading.Event) -> None:
+        """Commit ``mark`` now and release the waiting caller (also when the commit fails)."""
+        try:
+            self._pending = mark
+            self._commit_pending()
+        finally:
+            done.set()
+
+    def _close(self, mark: Mark | None) -> None:
+        """The final commit (of ``mark``, else of a mark still pending), then wait for every write."""
+        if mark is not None:
+            self._pending = mark
+        self._commit_pending()
+        self._drain()
+
+    # ----------------------------------------------------------------------------------- chunks and commits
+    def _new_array(self, key: str, width: int, dtype: np.dtype, logical: str | None = None) -> ChunkBuffer:
+        dtype = np.dtype(dtype)
+        codec = BlockCodec(self._codec_name, dtype, checksum=self._be.checksums,
+                           block_bytes=self._block_rows * width * dtype.itemsize)
+        if self._config.nonfinite == "allow":
+            logical = None
+        array = ChunkBuffer(key, width, dtype, codec, self._chunk_rows, self._block_rows, logical=logical)
+        array.nonfinite_full = int(self.meta["commit"].get("nonfinite", {}).get(key, 0))
+        return array
+
+    def _submit(self, job: ChunkJob) -> None:
+        """Encode and write one chunk on the pool; wait for the oldest when too many are in flight."""
+        array = self._arrays[job.key]
+        durable = self._config.durable
+        self._row_stats.observe(job)
+
+        def work() -> None:  # one task per chunk: encode its blocks, write the file, recycle the buffer
+            self._be.write_chunk(job.key, job.chunk, encode_chunk(job, array), durable=durable)
+            array.recycle(job)
+
+        try:
+            self._inflight.append(self._pool.submit(work))
+        except RuntimeError:  # the interpreter is exiting (pools refuse work): write on this thread
+            work()
+            return
+        limit = 2 * self._workers + 2  # bounded memory: wait for the oldest chunk
+        while len(self._inflight) > limit:
+            self._inflight.popleft().result()
+        while self._inflight and self._inflight[0].done():
+            self._inflight.popleft().result()
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._inflight.popleft().result()
+
+    def _commit_pending(self) -> None:
+        """Write every partial chunk, set each array's row count, the row statistics, then the commit record."""
+        mark = self._pending
+        if mark is None:
+            return
+        for array in self._arrays.values():
+            job = array.partial_job()
+            if job is not None:
+                self._submit(job)
+        self._drain()
+        for role, spec in self.meta["roles"].items():
+            n = mark.roles.get(role, 0)
+            self._be.set_rows(rows_key(role), n)
+            for e in spec["layers"]:
+                self._be.set_rows(acts_key(role, str(e["layer"])), n)
+        for name in self.meta["conds"]:
+            n = mark.conds.get(name, 0)
+            self._be.set_rows(cond_rows_key(name), n)
+            self._be.set_rows(cond_acts_key(name), n)
+        for key in SAMPLE_KEYS.values():
+            if key in self._arrays:
+                self._be.set_rows(key, mark.samples)
+        if self._sums is not None:  # after every block is on disk, before the record
+            self._sums.flush(self._arrays, {k: mark.rows(k) for k in self._arrays}, self._read_back)
+        row_stats = self._row_stats.flush(dict(mark.roles))
+        if self._config.durable:
+            self._be.sync()
+        self.meta["commit"] = {
+            "seq": int(self.meta["commit"]["seq"]) + 1,
+            "time": now_iso(),
+            "roles": dict(mark.roles),
+            "conds": dict(mark.conds),
+            "samples": int(mark.samples),
+            "progress": mark.progress,
+            "nonfinite": {k: a.nonfinite for k, a in self._arrays.items() if a.logical and a.nonfinite},
+            "row_stats": row_stats,
+            "row_stats_crc32c": self._row_stats.checksums(dict(mark.roles), row_stats),
+        }
+        self._be.write_meta(seal_metadata(self.meta), durable=self._config.durable)
+        self._pending = None
+        self._last_commit = time.monotonic()
+
+    def _read_back(self, array: ChunkBuffer, start: int, count: int) -> np.ndarray:
+        return read_rows(self._be, array, start, count)
+
+    def _load_committed(self) -> None:
+        """A resumed store: every array's chunk state at its committed row count (its partial chunk read back)."""
+        for a, n in schema_arrays(self.meta):
+            array = self._new_array(a.key, a.width, a.dtype, a.logical)
+            load_chunk(self._be, array, n)
+            self._arrays[a.key] = array

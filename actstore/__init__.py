@@ -75,8 +75,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "FeaturePassConfig": (".tools._features_pass", "FeaturePassConfig"),
     "feature_pass": (".tools._features_pass", "feature_pass"),
     "load_sae": (".tools._features_pass", "load_sae"),
-    "DashboardConfig": (".dashboard", "DashboardConfig"),
-    "write_dashboard": (".dashboard", "write_dashboard"),
+    "DashboardConfig": (".tools.dashboard", "DashboardConfig"),
+    "write_dashboard": (".tools.dashboard", "write_dashboard"),
 }
 """Public name -> (private module, attribute), imported on first access (PEP 562)."""
 

@@ -105,8 +105,8 @@ def write_store(path: Path, n_rows: int, layout: Layout, d: int, chunk_rows: int
 
 
 # ------------------------------------------------------------------------------------------------ probes
-_WARM = ("actstore.read._reader", "actstore.train._loader", "actstore.train._shuffle", "actstore.read._rowindex", "actstore.read._blocks",
-         "actstore.read._view", "torch")
+_WARM = ("actstore.read._reader", "actstore.train._loader", "actstore.train._shuffle", "actstore.read._rowindex",
+         "actstore.read._blocks", "actstore.read._view", "torch")
 
 
 def _status(field: str) -> int:
@@ -125,7 +125,7 @@ def _probe(kind: str, path: str, args: dict[str, Any]) -> dict[str, Any]:
 
     here = Path(actstore.__file__).parent
     for name in _WARM:  # only this package's own modules (an editable install would fill gaps from this tree)
-        if not name.startswith("actstore.") or (here / f"{name.split('.')[1]}.py").exists():
+        if not name.startswith("actstore.") or (here / Path(*name.split(".")[1:])).with_suffix(".py").exists():
             importlib.import_module(name)
 
     try:

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import actstore
-from actstore import ActStore, SchemaMismatchError, _backend
+from actstore import ActStore, SchemaMismatchError
+from actstore.storage import _backend
 from actstore.storage._parts import parse_part
 
 _WRITER = """

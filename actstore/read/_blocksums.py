@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,7 +30,16 @@ from ..format._codec import BlockCodec, crc32c
 
 if TYPE_CHECKING:
     from ..storage._storage import Backend
-    from ..write._chunks import ChunkBuffer
+
+
+class ChunkState(Protocol):
+    """What the writer side needs of an array's chunk state (``write._chunks.ChunkBuffer``)."""
+
+    buf: np.ndarray | None
+    n_rows: int
+    chunk_rows: int
+    block_crcs: dict[int, int]
+
 
 __all__ = ["ENTRIES", "KIND", "BlockSums", "BlockSumsWriter", "has_sums", "sums_key"]
 
@@ -41,7 +50,7 @@ ENTRIES = 1024
 _U4 = np.dtype("<u4")
 _CODEC = BlockCodec("none", _U4)
 
-ReadBack = Callable[["ChunkBuffer", int, int], np.ndarray]
+ReadBack = Callable[[Any, int, int], np.ndarray]
 """``read_back(array, start, count)``: committed rows that the writer's chunk buffer no longer holds."""
 
 
@@ -123,7 +132,7 @@ class BlockSumsWriter:
         self._last: dict[str, tuple[int, np.ndarray]] = {}
         """Per array: the last sums chunk written (its index and entries), reused by the next commit."""
 
-    def flush(self, arrays: dict[str, ChunkBuffer], counts: dict[str, int], read_back: ReadBack) -> None:
+    def flush(self, arrays: dict[str, ChunkState], counts: dict[str, int], read_back: ReadBack) -> None:
         """Write the entries of ``arrays`` at their committed row ``counts``; every block is on disk already.
         ``read_back(array, start, count)`` reads rows of a partly committed block that the chunk buffer no longer
         holds."""
@@ -151,7 +160,7 @@ class BlockSumsWriter:
         self._final[key] = min(self._final.get(key, 0), n_rows // self._block_rows)
 
     @staticmethod
-    def _tail_rows(array: ChunkBuffer, start: int, stop: int, read_back: ReadBack) -> np.ndarray:
+    def _tail_rows(array: ChunkState, start: int, stop: int, read_back: ReadBack) -> np.ndarray:
         if array.buf is not None and array.n_rows // array.chunk_rows == start // array.chunk_rows:
             lo = start % array.chunk_rows
             return array.buf[lo : lo + stop - start]

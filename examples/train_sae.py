@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import actstore
-from actstore._sae import TopKSAE, explained_variance, load_checkpoint, save_checkpoint
+from actstore.sae import TopKSAE, explained_variance, load_checkpoint, save_checkpoint
 
 log = logging.getLogger("train_sae")
 

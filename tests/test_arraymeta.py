@@ -13,7 +13,6 @@ from conftest import write_store
 import actstore
 from actstore import ActStore, CorruptStoreError
 from actstore.format._arraymeta import check_array_doc, check_zarr_array_docs
-from actstore.format._format import schema_arrays
 
 KEY = "acts/decision/6"
 
@@ -27,7 +26,7 @@ def _edit(doc_path: Path, mutate: Any) -> None:
 def test_a_fresh_store_agrees(tmp_path: Path) -> None:
     write_store(tmp_path / "s.zarr", n_samples=3)
     with ActStore.open(tmp_path / "s.zarr") as store:
-        assert check_zarr_array_docs(tmp_path / "s.zarr", store.meta) == []
+        assert check_zarr_array_docs(tmp_path / "s.zarr", store.record) == []
 
 
 @pytest.mark.parametrize(
@@ -52,7 +51,7 @@ def test_each_field_mismatch_is_named(tmp_path: Path, mutate: Any, field: str) -
     write_store(path, n_samples=3)
     _edit(path / KEY / "zarr.json", mutate)
     with ActStore.open(path) as store:
-        problems = check_zarr_array_docs(path, store.meta)
+        problems = check_zarr_array_docs(path, store.record)
     assert len(problems) == 1 and problems[0][0] == KEY and field in problems[0][1], problems
     with pytest.raises(CorruptStoreError, match=f"{KEY}/zarr.json field.*{re.escape(field[:8])}"):
         actstore.create(path, resume=True)
@@ -64,7 +63,7 @@ def test_missing_and_unreadable_docs_are_problems(tmp_path: Path) -> None:
     (path / KEY / "zarr.json").unlink()
     (path / "rows/decision/zarr.json").write_bytes(b"{not json")
     with ActStore.open(path) as store:
-        got = dict(check_zarr_array_docs(path, store.meta))
+        got = dict(check_zarr_array_docs(path, store.record))
     assert set(got) == {KEY, "rows/decision"} and "missing" in got[KEY] and "cannot be read" in got["rows/decision"]
 
 
@@ -73,8 +72,8 @@ def test_check_array_doc_accepts_more_rows_than_committed(tmp_path: Path) -> Non
     path = tmp_path / "s.zarr"
     write_store(path, n_samples=3)
     with ActStore.open(path) as store:
-        spec, n = next((a, n) for a, n in schema_arrays(store.meta) if a.key == KEY)
+        spec, n = next((a, n) for a, n in store.record.arrays() if a.key == KEY)
         doc = json.loads((path / KEY / "zarr.json").read_text())
         doc["shape"][0] = n + 100
-        assert check_array_doc(doc, spec, n, store.meta["layout"]) == []
-        assert check_array_doc([1], spec, n, store.meta["layout"])
+        assert check_array_doc(doc, spec, n, store.record.layout) == []
+        assert check_array_doc([1], spec, n, store.record.layout)

@@ -20,7 +20,8 @@ import actstore
 from actstore import ActStore
 from actstore._errors import CorruptStoreError
 from actstore.format._codec import crc32c, split_shard
-from actstore.format._format import seal_metadata, validate_metadata
+from actstore.format._format import seal_metadata
+from actstore.format._record import Record
 from actstore.read._blocksums import ENTRIES, sums_key
 from actstore.storage._zarr import ZarrDirBackend
 from actstore.tools._verify import verify
@@ -229,7 +230,7 @@ def test_a_store_without_block_sums_is_read_and_resumed_without_them(tmp_path: P
     path = tmp_path / "s.zarr"
     truth = write_store(path, n_samples=6)
     be = ZarrDirBackend(path)
-    meta = validate_metadata(be.read_meta(), str(path))
+    meta = Record.parse(be.read_meta(), str(path)).to_json()
     del meta["layout"]["blocksums"]
     meta["format_version"] = 2
     doc = seal_metadata(meta)

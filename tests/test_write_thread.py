@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from actstore import ActStore, StoreConfig
-from actstore.format._format import acts_key, new_metadata, rows_key, seal_metadata
+from actstore.format._format import acts_key, rows_key
+from actstore.format._record import LayerSpec, Layout, Record, RoleSpec
 from actstore.storage._backend import create_backend
 from actstore.write._messages import Append, Close, Commit, Declare, Flush, Mark, Rollback
 from actstore.write._queue import ByteQueue
@@ -25,13 +26,13 @@ def _start(path: Path, **config: Any) -> tuple[WriterThread, ByteQueue, Any]:
     cfg = StoreConfig(chunk_rows=16, block_rows=4, **config)
     be = create_backend(path, "zarr", overwrite=False)
     be.lock()
-    meta = new_metadata({}, {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}, "test")
-    be.write_meta(seal_metadata(meta), durable=False)
+    record = Record.new({}, Layout(cfg.codec, cfg.chunk_rows, cfg.blocks), "test")
+    be.write_meta(record.seal(), durable=False)
     queue = ByteQueue(1 << 20)
-    thread = WriterThread(be, meta, cfg, queue, resumed=False)
+    thread = WriterThread(be, record, cfg, queue, resumed=False)
     thread.start()
-    queue.put(Declare("role", ROLE, {"columns": ["sample", "step", "position"],
-                                     "layers": [{"layer": 0, "d": 3, "dtype": "float32"}]}), 0, lambda: None)
+    queue.put(Declare("role", ROLE, RoleSpec(("sample", "step", "position"), (LayerSpec(0, 3, "float32"),))), 0,
+              lambda: None)
     return thread, queue, be
 
 

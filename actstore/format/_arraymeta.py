@@ -8,14 +8,14 @@ chain or dtype would otherwise make a plain zarr-python read silently wrong whil
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._codec import BlockCodec
-from ._format import ArraySpec, schema_arrays
+from ._format import ArraySpec
+from ._record import Layout, Record
 
 __all__ = ["array_doc", "check_array_doc", "check_zarr_array_docs", "expected_array_doc"]
 
@@ -50,10 +50,10 @@ def array_doc(width: int, dtype: np.dtype, codec: BlockCodec, chunk_rows: int, b
 
 
 
-def expected_array_doc(spec: ArraySpec, layout: Mapping[str, Any]) -> dict[str, Any]:
+def expected_array_doc(spec: ArraySpec, layout: Layout) -> dict[str, Any]:
     """The ``zarr.json`` the writer makes for ``spec`` under ``layout`` (shape[0] = 0: rows are checked apart)."""
-    chunk_rows, block_rows = int(layout["chunk_rows"]), int(layout["block_rows"])
-    codec = BlockCodec(str(layout["codec"]), spec.dtype, checksum=True,
+    chunk_rows, block_rows = layout.chunk_rows, layout.block_rows
+    codec = BlockCodec(layout.codec, spec.dtype, checksum=True,
                        block_bytes=block_rows * spec.width * spec.dtype.itemsize)
     return array_doc(spec.width, spec.dtype, codec, chunk_rows, block_rows)
 
@@ -86,7 +86,7 @@ def _diff(path: str, got: Any, want: Any) -> str | None:
     return None
 
 
-def check_array_doc(doc: object, spec: ArraySpec, n_rows: int, layout: Mapping[str, Any]) -> list[str]:
+def check_array_doc(doc: object, spec: ArraySpec, n_rows: int, layout: Layout) -> list[str]:
     """Problems of one array's parsed ``zarr.json`` against the record (empty when it agrees): every field must be
     what the writer makes; ``shape`` must be ``[rows, width]`` with ``rows >= n_rows`` (the committed rows; a
     writer killed after growing an array and before its commit leaves more)."""
@@ -109,11 +109,11 @@ def check_array_doc(doc: object, spec: ArraySpec, n_rows: int, layout: Mapping[s
     return problems
 
 
-def check_zarr_array_docs(root: str | Path, meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+def check_zarr_array_docs(root: str | Path, record: Record) -> list[tuple[str, str]]:
     """``(array key, problem)`` for every array of a local Zarr store whose ``zarr.json`` is missing, unreadable or
-    disagrees with the (validated) record ``meta``. Never raises for a bad file."""
+    disagrees with the record. Never raises for a bad file."""
     out: list[tuple[str, str]] = []
-    for spec, n in schema_arrays(meta):
+    for spec, n in record.arrays():
         doc_path = Path(root) / spec.key / "zarr.json"
         try:
             if not doc_path.is_file() or doc_path.is_symlink():
@@ -126,5 +126,5 @@ def check_zarr_array_docs(root: str | Path, meta: Mapping[str, Any]) -> list[tup
         except (OSError, ValueError, RecursionError) as exc:
             out.append((spec.key, f"{spec.key}/zarr.json cannot be read: {exc}"))
             continue
-        out.extend((spec.key, p) for p in check_array_doc(doc, spec, n, meta["layout"]))
+        out.extend((spec.key, p) for p in check_array_doc(doc, spec, n, record.layout))
     return out

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
 from .._errors import CorruptStoreError
 from ..format._codec import BlockCodec
+from ..format._record import Layout
 from ..storage._storage import Backend, max_chunk_bytes
 from ._blocksums import ENTRIES, BlockSums, has_sums, sums_key
 
@@ -281,21 +281,21 @@ class ArrayReader:
         return out
 
 
-def open_array(be: Backend, layout: Mapping[str, Any], key: str, width: int, dtype: np.dtype, n_rows: int,
+def open_array(be: Backend, layout: Layout, key: str, width: int, dtype: np.dtype, n_rows: int,
                cache: BlockCache) -> ArrayReader:
     """The reader of array ``key`` of a store with ``layout`` (its record's), checking block sums where the store
     keeps them for this array."""
     dtype = np.dtype(dtype)
-    br = int(layout["block_rows"])
-    codec = BlockCodec(str(layout["codec"]), dtype, checksum=be.checksums, block_bytes=br * width * dtype.itemsize)
-    sums = BlockSums(be, key, br, n_rows) if layout.get("blocksums") and has_sums(key) else None
-    return ArrayReader(be, key, width, dtype, codec, int(layout["chunk_rows"]), br, n_rows, cache, sums)
+    br = layout.block_rows
+    codec = BlockCodec(layout.codec, dtype, checksum=be.checksums, block_bytes=br * width * dtype.itemsize)
+    sums = BlockSums(be, key, br, n_rows) if layout.blocksums and has_sums(key) else None
+    return ArrayReader(be, key, width, dtype, codec, layout.chunk_rows, br, n_rows, cache, sums)
 
 
-def open_sums_array(be: Backend, layout: Mapping[str, Any], key: str, n_rows: int) -> ArrayReader:
+def open_sums_array(be: Backend, layout: Layout, key: str, n_rows: int) -> ArrayReader:
     """The reader of the block-sums array of array ``key`` at ``n_rows`` committed rows (one entry per block)."""
     u4 = np.dtype("<u4")
-    n = -(-n_rows // int(layout["block_rows"]))
+    n = -(-n_rows // layout.block_rows)
     return ArrayReader(be, sums_key(key), 2, u4, BlockCodec("none", u4), ENTRIES, ENTRIES, n, BlockCache(0))
 
 

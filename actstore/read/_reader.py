@@ -11,19 +11,17 @@ import numpy as np
 
 from .._errors import CorruptStoreError, StoreClosedError, StoreIndexError, UnknownKeyError
 from ..format._format import (
-    DTYPES,
     NO_STEP,
     SAMPLE_KEYS,
     acts_key,
-    committed_rows,
     cond_acts_key,
     cond_rows_key,
     from_storage,
     rows_key,
-    validate_metadata,
 )
+from ..format._record import CondSpec, LayerSpec, Record, RoleSpec, thaw
 from ..storage._backend import Backend, detect_backend, open_backend
-from ..storage._parts import merge_metadata, open_parts
+from ..storage._parts import merge_records, open_parts
 from ._blocks import ArrayReader, BlockCache, ConcatReader, open_array
 from ._rowindex import RowIndex, RowTable
 from ._stats import CheckedStats, stats_key
@@ -73,17 +71,17 @@ class ActStore:
             raise
 
     def _load(self) -> None:
-        meta = validate_metadata(self._be.read_meta(), self.path)
+        record = Record.parse(self._be.read_meta(), self.path)
         for be, _ in getattr(self, "_parts", []):
             be.close()
-        self._parts: list[tuple[Backend, dict[str, Any]]] = []
-        if meta.get("parts"):
-            self._parts = open_parts(self.path, int(meta["parts"]), self.storage_options)
-            meta = merge_metadata(meta, [m for _, m in self._parts], self.path)
-        self.meta: dict[str, Any] = meta
-        layout = self.meta["layout"]
-        self._chunk_rows = int(layout["chunk_rows"])
-        self._block_rows = int(layout["block_rows"])
+        self._parts: list[tuple[Backend, Record]] = []
+        if record.parts:
+            self._parts = open_parts(self.path, record.parts, self.storage_options)
+            record = merge_records(record, [r for _, r in self._parts], self.path)
+        self.record: Record = record
+        """The store's metadata record, parsed and checked (a merged one for a multi-part store)."""
+        self._chunk_rows = record.layout.chunk_rows
+        self._block_rows = record.layout.block_rows
         self._row_cache: dict[str, dict[str, np.ndarray]] = {}
         self._indexes: dict[str, RowIndex] = {}
         self._samples_cache: dict[str, Any] | None = None
@@ -130,30 +128,35 @@ class ActStore:
 
     # ---------------------------------------------------------------------------------------- catalog
     @property
+    def meta(self) -> dict[str, Any]:
+        """The metadata record as JSON (a fresh copy; ``store.record`` is the typed form)."""
+        return self.record.to_json()
+
+    @property
     def attrs(self) -> dict[str, Any]:
-        """The user attributes given to ``create`` (model, capture config, ...)."""
-        return self.meta["attrs"]
+        """The user attributes given to ``create`` (model, capture config, ...), a fresh copy."""
+        return thaw(self.record.attrs)
 
     @property
     def format_version(self) -> int:
-        return int(self.meta["format_version"])
+        return self.record.format_version
 
     @property
     def roles(self) -> list[str]:
-        return list(self.meta["roles"])
+        return list(self.record.roles)
 
     @property
     def layers(self) -> list[int | str]:
         """Every layer of any role, in order."""
         seen: dict[str, int | str] = {}
-        for spec in self.meta["roles"].values():
-            for e in spec["layers"]:
-                seen.setdefault(str(e["layer"]), e["layer"])
+        for spec in self.record.roles.values():
+            for e in spec.layers:
+                seen.setdefault(str(e.layer), e.layer)
         return sorted(seen.values(), key=lambda x: (1, str(x)) if isinstance(x, str) else (0, x))
 
     @property
     def conds(self) -> list[str]:
-        return list(self.meta["conds"])
+        return list(self.record.conds)
 
     @property
     def steps(self) -> list[int]:
@@ -169,36 +172,37 @@ class ActStore:
         return [int(s) for s in steps if s != NO_STEP]
 
     def layers_of(self, role: str) -> list[int | str]:
-        return [e["layer"] for e in self._role(role)["layers"]]
+        return [e.layer for e in self._role(role).layers]
 
     def num_rows(self, role: str) -> int:
         """Committed rows of a role."""
         self._role(role)
-        return int(self.meta["commit"]["roles"].get(role, 0))
+        return int(self.record.commit.roles.get(role, 0))
 
     @property
     def num_samples(self) -> int:
-        return int(self.meta["commit"]["samples"])
+        return self.record.commit.samples
 
     @property
     def commit(self) -> dict[str, Any]:
-        """The commit record: committed row counts per role / cond, samples, and the writer's progress."""
-        return self.meta["commit"]
+        """The commit record: committed row counts per role / cond, samples, and the writer's progress (JSON, a
+        fresh copy)."""
+        return self.record.commit.to_json()
 
-    def _role(self, role: str) -> dict[str, Any]:
-        spec = self.meta["roles"].get(role) if isinstance(role, str) else None
+    def _role(self, role: str) -> RoleSpec:
+        spec = self.record.roles.get(role) if isinstance(role, str) else None
         if spec is None:
             raise UnknownKeyError(f"no role {role!r} in store {self.path}; roles are {self.roles}")
         return spec
 
-    def _layer_entry(self, layer: int | str, role: str) -> dict[str, Any]:
+    def _layer_entry(self, layer: int | str, role: str) -> LayerSpec:
         spec = self._role(role)
-        for e in spec["layers"]:
-            if e["layer"] == layer or (str(e["layer"]) == str(layer) and not isinstance(layer, bool)):
-                return e
-        raise UnknownKeyError(
-            f"no layer {layer!r} for role {role!r} in store {self.path}; layers are {[e['layer'] for e in spec['layers']]}"
-        )
+        entry = spec.layer(layer)
+        if entry is None:
+            raise UnknownKeyError(
+                f"no layer {layer!r} for role {role!r} in store {self.path}; layers are {[e.layer for e in spec.layers]}"
+            )
+        return entry
 
     # ---------------------------------------------------------------------------------------- readers
     def _reader(self, key: str, width: int, dtype: np.dtype, n_rows: int) -> ArrayReader:
@@ -207,20 +211,20 @@ class ActStore:
             if self._parts:
                 r = self._concat_reader(key, width, dtype)
             else:
-                r = self._array_reader(self._be, self.meta, key, width, dtype, n_rows)
+                r = self._array_reader(self._be, self.record, key, width, dtype, n_rows)
             self._readers[key] = r
         return r
 
-    def _array_reader(self, be: Backend, meta: dict[str, Any], key: str, width: int, dtype: np.dtype,
+    def _array_reader(self, be: Backend, record: Record, key: str, width: int, dtype: np.dtype,
                       n_rows: int) -> ArrayReader:
-        return open_array(be, meta["layout"], key, width, dtype, n_rows, self._cache)
+        return open_array(be, record.layout, key, width, dtype, n_rows, self._cache)
 
     def _concat_reader(self, key: str, width: int, dtype: np.dtype) -> Any:
         readers = []
-        for be, meta in self._parts:
-            n = committed_rows(key, meta["commit"])
+        for be, record in self._parts:
+            n = record.committed(key)
             if n:
-                readers.append(self._array_reader(be, meta, key, width, dtype, n))
+                readers.append(self._array_reader(be, record, key, width, dtype, n))
         return ConcatReader(readers, width, dtype, self._chunk_rows)
 
     def _read_all(self, key: str, width: int, dtype: np.dtype, n_rows: int) -> np.ndarray:
@@ -243,9 +247,8 @@ class ActStore:
         """All committed rows of ``layer`` for ``role`` (same as ``store[layer, role]``)."""
         self._check_open()
         entry = self._layer_entry(layer, role)
-        dtype = DTYPES[entry["dtype"]][1]
-        reader = self._reader(acts_key(role, str(entry["layer"])), entry["d"], dtype, self.num_rows(role))
-        return ActView(self, entry["layer"], role, reader, entry["dtype"])
+        reader = self._reader(acts_key(role, str(entry.layer)), entry.d, entry.storage_dtype, self.num_rows(role))
+        return ActView(self, entry.layer, role, reader, entry.dtype)
 
     def _filter_steps(self, view: ActView, step: int | Iterable[int]) -> ActView:
         return self.select(view.layer, view.role, step=step)
@@ -306,22 +309,23 @@ class ActStore:
         self._check_open()
         found = self._indexes.get(role)
         if found is None:
-            cols = self._role(role)["columns"]
+            cols = list(self._role(role).columns)
             n = self.num_rows(role)
             reader = self._reader(rows_key(role), len(cols), np.dtype("<i8"), n)
             stats = None
             n_chunks = -(-n // self._chunk_rows)
-            commit = self.meta["commit"]
-            if not self._parts and commit.get("row_stats", {}).get(role) == n_chunks and n_chunks:
-                stats = CheckedStats(role, self._chunk_rows, commit.get("row_stats_crc32c", {}).get(role),
+            commit = self.record.commit
+            if not self._parts and (commit.row_stats or {}).get(role) == n_chunks and n_chunks:
+                crcs = (commit.row_stats_crc32c or {}).get(role)
+                stats = CheckedStats(role, self._chunk_rows, None if crcs is None else list(crcs),
                                      n // self._chunk_rows, lambda k: self._array_reader(
-                                         self._be, self.meta, stats_key(role), 2 * len(cols), np.dtype("<i8"), k,
+                                         self._be, self.record, stats_key(role), 2 * len(cols), np.dtype("<i8"), k,
                                      ).read_range(0, k), str(self.path))
             found = self._indexes[role] = RowIndex(reader, cols, role, str(self.path), stats)
         return found
 
-    def _cond_spec(self, name: str) -> dict[str, Any]:
-        spec = self.meta["conds"].get(name) if isinstance(name, str) else None
+    def _cond_spec(self, name: str) -> CondSpec:
+        spec = self.record.conds.get(name) if isinstance(name, str) else None
         if spec is None:
             raise UnknownKeyError(f"no conditioning {name!r} in store {self.path}; conds are {self.conds}")
         return spec
@@ -329,7 +333,7 @@ class ActStore:
     def cond_rows(self, name: str) -> dict[str, np.ndarray]:
         """The (sample, step) of every stored conditioning vector."""
         self._cond_spec(name)
-        n = int(self.meta["commit"]["conds"].get(name, 0))
+        n = int(self.record.commit.conds.get(name, 0))
         mat = self._read_all(cond_rows_key(name), 2, np.dtype("<i8"), n)
         return {"sample": np.ascontiguousarray(mat[:, 0]), "step": np.ascontiguousarray(mat[:, 1])}
 
@@ -337,15 +341,14 @@ class ActStore:
         """Conditioning vectors; with ``role``: aligned row for row with ``store[layer, role]`` (joined on
         sample and step), optionally only for the role rows ``rows`` (e.g. ``view.row_index``)."""
         spec = self._cond_spec(name)
-        n = int(self.meta["commit"]["conds"].get(name, 0))
-        dtype = DTYPES[spec["dtype"]][1]
-        values = self._read_all(cond_acts_key(name), spec["d"], dtype, n)
+        n = int(self.record.commit.conds.get(name, 0))
+        values = self._read_all(cond_acts_key(name), spec.d, spec.storage_dtype, n)
         if role is None:
-            return from_storage(values, spec["dtype"])
+            return from_storage(values, spec.dtype)
         table = self.rows(role) if rows is None else self.index(role).rows_at(np.asarray(rows))
         r_sample, r_step = table["sample"], table["step"]
         index = self._join(self.cond_rows(name), r_sample, r_step, name, role)
-        return from_storage(np.ascontiguousarray(values[index]), spec["dtype"])
+        return from_storage(np.ascontiguousarray(values[index]), spec.dtype)
 
     def _join(self, crow: dict[str, np.ndarray], sample: np.ndarray, step: np.ndarray, name: str, role: str) -> np.ndarray:
         keys = np.stack([crow["sample"], crow["step"]], axis=1)
@@ -375,22 +378,21 @@ class ActStore:
         self._check_open()
         if self._samples_cache is not None:
             return self._samples_cache
-        spec = self.meta["samples"]
+        spec = self.record.samples
         out: dict[str, Any] = {}
         n = self.num_samples
         if spec is None:
             self._samples_cache = {"sample": np.zeros(0, dtype=np.int64)}
             return self._samples_cache
-        table = self._read_all(SAMPLE_KEYS["table"], len(spec["columns"]), np.dtype("<i8"), n)
-        for j, c in enumerate(spec["columns"]):
-            out[c] = np.ascontiguousarray(table[:, j])
-        if spec["instruction_mask"]:
-            m = self._read_all(SAMPLE_KEYS["instruction_mask"], spec["prompt_len"], np.dtype("u1"), n)
-            out["instruction_mask"] = m.astype(bool)
-        if spec["prompt_ids"]:
-            out["prompt_ids"] = self._read_all(SAMPLE_KEYS["prompt_ids"], spec["prompt_len"], np.dtype("<i8"), n)
-        if spec["prompt"]:
-            raw = self._read_all(SAMPLE_KEYS["prompt"], spec["prompt_bytes"], np.dtype("u1"), n)
+        stored = {a.key: self._read_all(a.key, a.width, a.dtype, n) for a in spec.arrays()}  # the kept arrays
+        for j, c in enumerate(spec.columns):
+            out[c] = np.ascontiguousarray(stored[SAMPLE_KEYS["table"]][:, j])
+        if spec.instruction_mask:
+            out["instruction_mask"] = stored[SAMPLE_KEYS["instruction_mask"]].astype(bool)
+        if spec.prompt_ids:
+            out["prompt_ids"] = stored[SAMPLE_KEYS["prompt_ids"]]
+        if spec.prompt:
+            raw = stored[SAMPLE_KEYS["prompt"]]
             out["prompt"] = [bytes(r).rstrip(b"\0").decode("utf-8", errors="replace") for r in raw]
         self._samples_cache = out
         return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import threading
@@ -15,6 +14,7 @@ import numpy as np
 from .._errors import ActStoreError, CorruptStoreError, NotAStoreError, StoreExistsError
 from ..format._codec import BlockCodec, crc32c
 from ..format._format import META_KEY
+from ..format._record import Record
 from ._lock import FileLock
 from ._storage import Backend
 
@@ -86,9 +86,7 @@ class H5Backend(Backend):
         except (ValueError, RecursionError) as exc:
             raise CorruptStoreError(f"{self.path}: the {META_KEY!r} attribute is not valid JSON: {exc}") from None
         if self._mode == "r":  # readers go by the datasets' extents: they must cover what the record commits
-            from ..format._format import validate_metadata
-
-            problems = self.check_datasets(validate_metadata(copy.deepcopy(doc), self.path))
+            problems = self.check_datasets(Record.parse(doc, self.path))
             if problems:
                 raise CorruptStoreError(f"{len(problems)} datasets of {self.path} disagree with its metadata "
                                         f"record: {problems[0][1]}")
@@ -200,12 +198,10 @@ class H5Backend(Backend):
             blocks = range(chunk * n_blocks, chunk * n_blocks + n_blocks)
             return [self.read_block(key, b, n_blocks) if b * ds.chunks[0] < ds.shape[0] else None for b in blocks]
 
-    def other_arrays(self, meta: dict[str, Any]) -> list[tuple[str, int, np.dtype, int]]:
+    def other_arrays(self, record: Record) -> list[tuple[str, int, np.dtype, int]]:
         """(key, width, dtype, rows) of the chunked 2-D datasets the record does not declare (derived arrays such
         as per-row statistics), checksum datasets excluded."""
-        from ..format._format import schema_arrays
-
-        known = {a.key for a, _ in schema_arrays(meta)}
+        known = {a.key for a, _ in record.arrays()}
         found: list[tuple[str, int, np.dtype, int]] = []
 
         def visit(name: str, obj: Any) -> None:
@@ -217,22 +213,20 @@ class H5Backend(Backend):
             self._f.visititems(visit)
         return found
 
-    def check_array_docs(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
+    def check_array_docs(self, record: Record) -> list[tuple[str, str]]:
         """Each dataset's shape, dtype, chunks, filter and checksum dataset against the record."""
-        return self.check_datasets(meta)
+        return self.check_datasets(record)
 
-    def check_datasets(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
-        """``(key, problem)`` for every dataset that disagrees with the validated record ``meta``: missing, not a
-        chunked 2-D dataset, fewer rows than committed, another width, dtype, chunk shape or filter, or (version
-        2) a checksum dataset missing or shorter than the committed blocks."""
-        from ..format._format import schema_arrays
-
-        layout = meta["layout"]
-        block_rows = int(layout["block_rows"])
-        want_filter = BlockCodec(layout["codec"], np.dtype("u1"), checksum=False).hdf5_filter().get("compression")
+    def check_datasets(self, record: Record) -> list[tuple[str, str]]:
+        """``(key, problem)`` for every dataset that disagrees with the record: missing, not a chunked 2-D dataset,
+        fewer rows than committed, another width, dtype, chunk shape or filter, or (version 2) a checksum dataset
+        missing or shorter than the committed blocks."""
+        layout = record.layout
+        block_rows = layout.block_rows
+        want_filter = BlockCodec(layout.codec, np.dtype("u1"), checksum=False).hdf5_filter().get("compression")
         out: list[tuple[str, str]] = []
         with self._io:
-            for spec, n in schema_arrays(meta):
+            for spec, n in record.arrays():
                 try:
                     ds = self._dataset(spec.key)
                     crc = self._crc(spec.key)
@@ -247,7 +241,7 @@ class H5Backend(Backend):
                     if not ok:
                         out.append((spec.key, f"dataset {spec.key} in {self.path}: {what} disagree with the record "
                                               f"(shape {ds.shape}, dtype {ds.dtype}, chunks {ds.chunks}; record: "
-                                              f"{n} rows, width {spec.width}, {spec.dtype}, {layout})"))
+                                              f"{n} rows, width {spec.width}, {spec.dtype}, {layout.to_json()})"))
         return out
 
     def read_block(

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._errors import CorruptStoreError, StoreExistsError
 from ..format._codec import BlockCodec, crc32c
-from ..format._format import schema_arrays, validate_metadata
+from ..format._record import Record
 from ._h5 import H5Backend
 from ._lock import FileLock
 from ._storage import Backend
@@ -58,10 +58,10 @@ def _blocks_needed(n_rows: int, chunk: int, chunk_rows: int, block_rows: int, pe
     return min(per_chunk, -(-(n_rows - chunk * chunk_rows) // block_rows))
 
 
-def _all_arrays(stage: ZarrDirBackend, meta: dict[str, Any]) -> list[tuple[str, int, np.dtype, int]]:
+def _all_arrays(stage: ZarrDirBackend, record: Record) -> list[tuple[str, int, np.dtype, int]]:
     """(key, width, dtype, rows) of every array to publish: the record's, with their committed rows, then any
     other array of the staging store (e.g. derived per-row statistics), with the rows its zarr.json records."""
-    out = [(spec.key, spec.width, np.dtype(spec.dtype), n) for spec, n in schema_arrays(meta)]
+    out = [(spec.key, spec.width, np.dtype(spec.dtype), n) for spec, n in record.arrays()]
     known = {key for key, *_ in out}
     for doc_path in sorted(stage.root.rglob("zarr.json")):
         key = doc_path.parent.relative_to(stage.root).as_posix()
@@ -81,15 +81,15 @@ def _all_arrays(stage: ZarrDirBackend, meta: dict[str, Any]) -> list[tuple[str, 
 def publish(stage: ZarrDirBackend, h5: Path) -> None:
     """Write the committed state of ``stage`` to ``h5``: a temporary file, fsynced, renamed over ``h5``."""
     raw = stage.read_meta()
-    meta = validate_metadata(raw, str(stage.path))
-    layout = meta["layout"]
-    chunk_rows, block_rows = int(layout["chunk_rows"]), int(layout["block_rows"])
+    record = Record.parse(raw, str(stage.path))
+    layout = record.layout
+    chunk_rows, block_rows = layout.chunk_rows, layout.block_rows
     per = chunk_rows // block_rows
     tmp = h5.with_name(f".{h5.name}.{uuid.uuid4().hex}.tmp")
     out = H5Backend(tmp, "w")
     try:
-        for key, width, dtype, n in _all_arrays(stage, meta):
-            out.create_array(key, width, dtype, BlockCodec(layout["codec"], dtype, checksum=False), chunk_rows,
+        for key, width, dtype, n in _all_arrays(stage, record):
+            out.create_array(key, width, dtype, BlockCodec(layout.codec, dtype, checksum=False), chunk_rows,
                              block_rows)
             out.trim(key, n)  # exact size first: plain h5py sees no padding, HDF5 never prunes a written chunk
             for chunk in range(-(-n // chunk_rows)):
@@ -122,15 +122,15 @@ def _stage_from_h5(h5: Path, stage: Path) -> None:
     src = H5Backend(h5, "r")
     try:
         raw = src.read_meta()
-        meta = validate_metadata(raw, str(h5))
-        layout = meta["layout"]
-        chunk_rows, block_rows = int(layout["chunk_rows"]), int(layout["block_rows"])
+        record = Record.parse(raw, str(h5))
+        layout = record.layout
+        chunk_rows, block_rows = layout.chunk_rows, layout.block_rows
         per = chunk_rows // block_rows
         stage.mkdir(parents=True)
         dst = ZarrDirBackend(stage)
-        for key, width, dtype, n in [(a.key, a.width, np.dtype(a.dtype), n) for a, n in schema_arrays(meta)] + \
-                src.other_arrays(meta):
-            codec = BlockCodec(layout["codec"], dtype, checksum=True, block_bytes=block_rows * width * dtype.itemsize)
+        for key, width, dtype, n in [(a.key, a.width, np.dtype(a.dtype), n) for a, n in record.arrays()] + \
+                src.other_arrays(record):
+            codec = BlockCodec(layout.codec, dtype, checksum=True, block_bytes=block_rows * width * dtype.itemsize)
             dst.create_array(key, width, dtype, codec, chunk_rows, block_rows)
             for chunk in range(-(-n // chunk_rows)):
                 blocks: list[Any] = [None] * per
@@ -193,9 +193,9 @@ class StagedH5Backend(Backend):
     def stored_bytes(self) -> int:
         return self.stage.stored_bytes()
 
-    def check_array_docs(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
+    def check_array_docs(self, record: Record) -> list[tuple[str, str]]:
         """The staging directory's array documents against the record (what a resume extends)."""
-        return self.stage.check_array_docs(meta)
+        return self.stage.check_array_docs(record)
 
     def close_unpublished(self) -> None:
         """Release the store without publishing (a writer that never started)."""

@@ -8,19 +8,19 @@ must agree and sample ids must be unique across parts.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from .._errors import CorruptStoreError, SchemaMismatchError, StoreExistsError, StoreLockedError
-from ..format._format import new_metadata, seal_metadata, validate_metadata
+from ..format._record import Commit, Layout, Record, freeze
 from . import _backend
 from ._backend import LOCK_NAME, Backend, ZarrDirBackend, open_backend
 from ._lock import FileLock, lock_error
 
-__all__ = ["ensure_root", "merge_metadata", "parse_part", "part_path"]
+__all__ = ["ensure_root", "merge_records", "open_parts", "parse_part", "part_path"]
 
 
 def parse_part(part: str | tuple[int, int]) -> tuple[int, int]:
@@ -43,7 +43,7 @@ def part_path(root: str | os.PathLike[str], i: int) -> str:
 
 
 def ensure_root(
-    root: str, n: int, attrs: dict[str, Any], layout: dict[str, Any], library: str,
+    root: str, n: int, attrs: dict[str, Any], layout: Layout, library: str,
     storage_options: dict[str, Any] | None,
 ) -> None:
     """Create the root of an ``n``-part store, or check that the existing root agrees.
@@ -86,21 +86,20 @@ def ensure_root(
 
 
 def _ensure_meta(
-    be: Backend, root: str, n: int, attrs: dict[str, Any], layout: dict[str, Any], library: str, *, write: bool
+    be: Backend, root: str, n: int, attrs: dict[str, Any], layout: Layout, library: str, *, write: bool
 ) -> bool:
     """Check the root's metadata declares ``n`` parts; absent, write it (if ``write``). False: absent, not written."""
     try:
-        meta = validate_metadata(be.read_meta(), root)
+        record: Record | None = Record.parse(be.read_meta(), root)
     except FileNotFoundError:
-        meta = None
-    if meta is None:
+        record = None
+    if record is None:
         if not write:
             return False
-        meta = new_metadata(attrs, layout, library)
-        meta["parts"] = n
-        be.write_meta(seal_metadata(meta), durable=False)  # the layout and part count are covered by its checksum
-    elif meta.get("parts") != n:
-        have = meta.get("parts")
+        record = Record.new(attrs, layout, library, parts=n)
+        be.write_meta(record.seal(), durable=False)  # the layout and part count are covered by its checksum
+    elif record.parts != n:
+        have = record.parts
         raise SchemaMismatchError(
             f"{root} is " + ("a single-part store" if have is None else f"a store of {have} parts")
             + f"; cannot write part of {n}"
@@ -108,10 +107,10 @@ def _ensure_meta(
     return True
 
 
-def open_parts(root: str, n: int, storage_options: dict[str, Any] | None) -> list[tuple[Backend, dict[str, Any]]]:
-    """All ``n`` parts, in part order, each with its validated metadata. A part without its directory or its
-    ``zarr.json`` is a :class:`CorruptStoreError` (a reader must never see fewer rows than were committed)."""
-    out: list[tuple[Backend, dict[str, Any]]] = []
+def open_parts(root: str, n: int, storage_options: dict[str, Any] | None) -> list[tuple[Backend, Record]]:
+    """All ``n`` parts, in part order, each with its record. A part without its directory or its ``zarr.json`` is
+    a :class:`CorruptStoreError` (a reader must never see fewer rows than were committed)."""
+    out: list[tuple[Backend, Record]] = []
     try:
         for i in range(n):
             path = part_path(root, i)
@@ -123,14 +122,14 @@ def open_parts(root: str, n: int, storage_options: dict[str, Any] | None) -> lis
                     "its writer has not started yet, open the store once it has"
                 ) from None
             try:
-                meta = validate_metadata(be.read_meta(), path)
+                record = Record.parse(be.read_meta(), path)
             except FileNotFoundError:
                 be.close()
                 raise CorruptStoreError(
                     f"part {i} of {n} of {root} has no readable zarr.json ({path}): its rows cannot be read; if its "
                     "writer has only just started, open the store once it has written its first commit"
                 ) from None
-            out.append((be, meta))
+            out.append((be, record))
     except BaseException:
         for be, _ in out:
             be.close()
@@ -138,30 +137,38 @@ def open_parts(root: str, n: int, storage_options: dict[str, Any] | None) -> lis
     return out
 
 
-def merge_metadata(root_meta: dict[str, Any], parts: list[dict[str, Any]], root: str) -> dict[str, Any]:
-    """One metadata document for the concatenation of ``parts`` (schemas must agree; counts add up)."""
-    merged = copy.deepcopy(root_meta)
-    commit = {"seq": 0, "time": None, "roles": {}, "conds": {}, "samples": 0, "progress": None, "parts": []}
-    for i, meta in enumerate(parts):
-        for kind in ("roles", "conds"):
-            for name, spec in meta[kind].items():
-                have = merged[kind].setdefault(name, spec)
+def merge_records(root_record: Record, parts: list[Record], root: str) -> Record:
+    """One record for the concatenation of ``parts`` (schemas must agree; counts add up). Its commit keeps each
+    part's ``seq``, ``time`` and ``progress`` under ``parts``."""
+    specs: dict[str, dict[str, Any]] = {"roles": dict(root_record.roles), "conds": dict(root_record.conds)}
+    samples = root_record.samples
+    counts: dict[str, dict[str, int]] = {"roles": {}, "conds": {}}
+    n_samples = seq = 0
+    nonfinite: dict[str, int] | None = None
+    each: list[dict[str, Any]] = []
+    for i, part in enumerate(parts):
+        for kind, group in (("roles", part.roles), ("conds", part.conds)):
+            for name, spec in group.items():
+                have = specs[kind].setdefault(name, spec)
                 if have != spec:
-                    raise CorruptStoreError(f"part {i} of {root} stores {kind[:-1]} {name!r} as {spec}, others as {have}")
-        if meta["samples"] is not None:
-            if merged["samples"] is None:
-                merged["samples"] = meta["samples"]
-            elif merged["samples"] != meta["samples"]:
+                    raise CorruptStoreError(f"part {i} of {root} stores {kind[:-1]} {name!r} as {spec.to_json()}, "
+                                            f"others as {have.to_json()}")
+        if part.samples is not None:
+            if samples is None:
+                samples = part.samples
+            elif samples != part.samples:
                 raise CorruptStoreError(f"part {i} of {root} has a different samples table schema")
-        c = meta["commit"]
-        for kind in ("roles", "conds"):
-            for name, count in c[kind].items():
-                commit[kind][name] = commit[kind].get(name, 0) + count
-        commit["samples"] += c["samples"]
-        commit["seq"] += c["seq"]
-        commit["parts"].append({"seq": c["seq"], "time": c["time"], "progress": c.get("progress")})
-        for key, count in c.get("nonfinite", {}).items():
-            commit.setdefault("nonfinite", {})
-            commit["nonfinite"][key] = commit["nonfinite"].get(key, 0) + count
-    merged["commit"] = commit
-    return merged
+        c = part.commit
+        for kind, got in (("roles", c.roles), ("conds", c.conds)):
+            for name, count in got.items():
+                counts[kind][name] = counts[kind].get(name, 0) + count
+        n_samples += c.samples
+        seq += c.seq
+        each.append({"seq": c.seq, "time": c.time, "progress": c.to_json()["progress"]})
+        for key, count in (c.nonfinite or {}).items():
+            nonfinite = nonfinite if nonfinite is not None else {}
+            nonfinite[key] = nonfinite.get(key, 0) + count
+    commit = Commit(seq, None, freeze(counts["roles"]), freeze(counts["conds"]), n_samples, None,
+                    None if nonfinite is None else freeze(nonfinite), extra=freeze({"parts": each}))
+    return dataclasses.replace(root_record, roles=freeze(specs["roles"]), conds=freeze(specs["conds"]),
+                               samples=samples, commit=commit)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._errors import ActStoreError, CorruptStoreError, NotAStoreError, StoreExistsError
 from ..format._arraymeta import check_array_doc
-from ..format._format import schema_arrays
+from ..format._record import Record
 from ._zarr import MAX_DOC_BYTES, ZarrBackend
 
 __all__ = ["ZarrRemoteBackend", "is_url"]
@@ -100,10 +100,10 @@ class ZarrRemoteBackend(ZarrBackend):
     def close(self) -> None:
         self._store.close()
 
-    def check_array_docs(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
+    def check_array_docs(self, record: Record) -> list[tuple[str, str]]:
         """Every field of each array's ``zarr.json`` against the record, read with the same bounded reads."""
         out: list[tuple[str, str]] = []
-        for spec, n_rows in schema_arrays(meta):
+        for spec, n_rows in record.arrays():
             try:
                 raw = self._get(f"{spec.key}/zarr.json", MAX_DOC_BYTES)
                 if raw is None:
@@ -116,5 +116,5 @@ class ZarrRemoteBackend(ZarrBackend):
             except (ValueError, RecursionError) as exc:
                 out.append((spec.key, f"its zarr.json is not JSON: {exc!r}"))
                 continue
-            out += [(spec.key, problem) for problem in check_array_doc(doc, spec, n_rows, meta["layout"])]
+            out += [(spec.key, problem) for problem in check_array_doc(doc, spec, n_rows, record.layout)]
         return out

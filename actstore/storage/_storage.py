@@ -16,6 +16,7 @@ import numpy as np
 
 from .._errors import CorruptStoreError
 from ..format._codec import BlockCodec, index_size
+from ..format._record import Record
 
 __all__ = ["BACKENDS", "LOCK_NAME", "ROOT_WAIT", "Backend", "check_block_size", "detect_backend", "max_chunk_bytes"]
 
@@ -92,9 +93,9 @@ class Backend(ABC):
         caller then reads and decodes)."""
         return None
 
-    def check_array_docs(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
+    def check_array_docs(self, record: Record) -> list[tuple[str, str]]:
         """``(array, problem)`` for each array whose own metadata (a Zarr ``zarr.json``, an HDF5 dataset's shape,
-        dtype, chunks, filter) disagrees with the record ``meta``; used by ``verify``."""
+        dtype, chunks, filter) disagrees with the record; used by ``verify``."""
         return []
 
     def leftover_temp_files(self) -> list[Path]:

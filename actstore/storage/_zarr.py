@@ -26,6 +26,7 @@ from .._errors import CorruptStoreError, NotAStoreError, StoreExistsError, Store
 from ..format._arraymeta import array_doc, check_zarr_array_docs
 from ..format._codec import BlockCodec, crc32c, index_size, parse_index, shard_parts, split_shard
 from ..format._format import META_KEY
+from ..format._record import Record
 from ._files import StoreFiles, read_into
 from ._lock import FileLock, lock_error
 from ._storage import LOCK_NAME, ROOT_WAIT, Backend, check_block_size
@@ -371,10 +372,10 @@ class ZarrDirBackend(ZarrBackend):
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
-    def check_array_docs(self, meta: dict[str, Any]) -> list[tuple[str, str]]:
+    def check_array_docs(self, record: Record) -> list[tuple[str, str]]:
         """Every field of each array's ``zarr.json`` (what plain zarr-python and tensorstore read by) against the
         record."""
-        return check_zarr_array_docs(self.root, meta)
+        return check_zarr_array_docs(self.root, record)
 
     def leftover_temp_files(self) -> list[Path]:
         return [p for p in self.root.rglob(".*.tmp") if p.is_file() and not p.is_symlink()]

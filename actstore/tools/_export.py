@@ -64,18 +64,18 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, backend
     if dst.resolve() == Path(src).resolve():
         raise ConfigError(f"cannot convert {src} onto itself; give another output path")
     with ActStore.open(src) as store:
-        layout = store.meta["layout"]
-        spec = store.meta["samples"]
-        same = codec is None or codec == layout["codec"]
-        config = actstore.StoreConfig(codec=layout["codec"] if same else codec, chunk_rows=int(layout["chunk_rows"]),
-                                      block_rows=int(layout["block_rows"]) if same else None, autocommit=False,
-                                      max_prompt_bytes=int((spec or {}).get("prompt_bytes") or 1024))
+        layout = store.record.layout
+        spec = store.record.samples
+        same = codec is None or codec == layout.codec
+        config = actstore.StoreConfig(codec=layout.codec if same else codec, chunk_rows=layout.chunk_rows,
+                                      block_rows=layout.block_rows if same else None, autocommit=False,
+                                      max_prompt_bytes=(spec.prompt_bytes if spec else None) or 1024)
         step = config.chunk_rows
         with actstore.create(dst, attrs=store.attrs, config=config, backend=backend, overwrite=overwrite) as w:
             if store.num_samples:
                 table = store.samples()
                 for a, b in _ranges(store.num_samples, step):
-                    extra = {c: table[c][a:b] for c in spec["columns"] if c != "sample"}
+                    extra = {c: table[c][a:b] for c in (spec.columns if spec else ()) if c != "sample"}
                     kw: dict[str, Any] = {k: table[k][a:b] for k in ("prompt_ids", "instruction_mask") if k in table}
                     if "prompt" in table:
                         kw["prompt"] = table["prompt"][a:b]
@@ -145,9 +145,9 @@ def _export_npy(store: ActStore, out: Path, chosen: list[tuple[str, list[ActView
                 progress: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Any] = {}
-    step = int(store.meta["layout"]["chunk_rows"])
+    step = store.record.layout.chunk_rows
     for role, views in chosen:
-        cols = store.meta["roles"][role]["columns"]
+        cols = list(store.record.roles[role].columns)
         table = views[0].rows()
         rows = np.stack([table[c] for c in cols], axis=1).astype("<i8") if cols else np.zeros((0, 0), "<i8")
         np.save(out / f"{role}.rows.npy", rows)
@@ -167,12 +167,12 @@ def _export_npy(store: ActStore, out: Path, chosen: list[tuple[str, list[ActView
             files[name] = {"kind": "acts", "role": role, "layer": v.layer, "dtype": dtype_name(v.dtype),
                            "stored_as": storage.name}
     for name in store.conds:
-        spec = store.meta["conds"][name]
+        spec = store.record.conds[name]
         crow = store.cond_rows(name)
         np.save(out / f"cond.{name}.npy", to_storage(store.cond(name))[0])
         np.save(out / f"cond.{name}.rows.npy", np.stack([crow["sample"], crow["step"]], axis=1))
-        files[f"cond.{name}.npy"] = {"kind": "cond", "cond": name, "dtype": spec["dtype"],
-                                     "stored_as": DTYPES[spec["dtype"]][1].name}
+        files[f"cond.{name}.npy"] = {"kind": "cond", "cond": name, "dtype": spec.dtype,
+                                     "stored_as": spec.storage_dtype.name}
         files[f"cond.{name}.rows.npy"] = {"kind": "cond_rows", "cond": name, "columns": ["sample", "step"]}
     (out / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1, default=str))
 
@@ -187,13 +187,13 @@ def _export_safetensors(store: ActStore, out: Path, chosen: list[tuple[str, list
         for v in views:
             entries.append((f"acts.{role}.{v.layer}", _ST_DTYPES[dtype_name(v.dtype)], list(v.shape), v))
         table = views[0].rows()
-        for c in store.meta["roles"][role]["columns"]:
+        for c in store.record.roles[role].columns:
             entries.append((f"rows.{role}.{c}", "I64", [len(views[0])], np.ascontiguousarray(table[c], "<i8")))
     for name in store.conds:
-        spec = store.meta["conds"][name]
+        spec = store.record.conds[name]
         crow = store.cond_rows(name)
         acts = to_storage(store.cond(name))[0]
-        entries.append((f"cond.{name}", _ST_DTYPES[spec["dtype"]], list(acts.shape), acts))
+        entries.append((f"cond.{name}", _ST_DTYPES[spec.dtype], list(acts.shape), acts))
         for c in ("sample", "step"):
             entries.append((f"cond.{name}.{c}", "I64", [len(crow[c])], np.ascontiguousarray(crow[c], "<i8")))
     header: dict[str, Any] = {"__metadata__": {"actstore": json.dumps(manifest["actstore"], default=str),
@@ -207,7 +207,7 @@ def _export_safetensors(store: ActStore, out: Path, chosen: list[tuple[str, list
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    step = int(store.meta["layout"]["chunk_rows"])
+    step = store.record.layout.chunk_rows
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:

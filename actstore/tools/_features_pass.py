@@ -328,7 +328,7 @@ def feature_pass(store: ActStore, sae_path: str | os.PathLike[str], cfg: Feature
     dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sae.to(dev)
     n = len(view)
-    chunk = int(store.meta["layout"]["chunk_rows"])
+    chunk = store.record.layout.chunk_rows
     batch = -(-cfg.batch_rows // chunk) * chunk
     gindex, gvalues = _group_index(store, cfg.role, cfg.by)
     st = _Stats(sae.d_sae, cfg.top_k, cfg.hist_log10[2], {g: len(v) for g, v in gvalues.items()}, dev)

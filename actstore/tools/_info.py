@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from ..format._format import DTYPES
 from ..read._reader import ActStore
 
 __all__ = ["render_summary", "summarize"]
@@ -18,37 +17,38 @@ def summarize(store: ActStore) -> dict[str, Any]:
     raw = 0
     for role in store.roles:
         n = store.num_rows(role)
-        spec = store.meta["roles"][role]
+        spec = store.record.roles[role]
         layers = []
-        for e in spec["layers"]:
-            nbytes = n * e["d"] * DTYPES[e["dtype"]][1].itemsize
+        for e in spec.layers:
+            nbytes = n * e.d * e.storage_dtype.itemsize
             raw += nbytes
-            layers.append({"layer": e["layer"], "d": e["d"], "dtype": e["dtype"], "raw_bytes": nbytes})
-        raw += n * len(spec["columns"]) * 8
+            layers.append({"layer": e.layer, "d": e.d, "dtype": e.dtype, "raw_bytes": nbytes})
+        raw += n * len(spec.columns) * 8
         table = store.rows(role)
         steps = store.steps_of(role)
         roles.append(
             {
                 "role": role,
                 "rows": n,
-                "columns": spec["columns"],
+                "columns": list(spec.columns),
                 "steps": steps,
                 "samples": int(np.unique(table["sample"]).size),
                 "layers": layers,
             }
         )
     conds = []
-    for name, spec in store.meta["conds"].items():
-        n = int(store.commit["conds"].get(name, 0))
-        raw += n * (spec["d"] * DTYPES[spec["dtype"]][1].itemsize + 16)
-        conds.append({"cond": name, "rows": n, "d": spec["d"], "dtype": spec["dtype"]})
+    record = store.record
+    for name, spec in record.conds.items():
+        n = int(record.commit.conds.get(name, 0))
+        raw += n * (spec.d * spec.storage_dtype.itemsize + 16)
+        conds.append({"cond": name, "rows": n, "d": spec.d, "dtype": spec.dtype})
     stored = store.stored_bytes()
     return {
         "path": store.path,
         "format_version": store.format_version,
-        "created": store.meta["created"],
-        "library": store.meta.get("library"),
-        "layout": store.meta["layout"],
+        "created": record.created,
+        "library": record.library,
+        "layout": record.layout.to_json(),
         "layers": store.layers,
         "roles": roles,
         "conds": conds,

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import SchemaMismatchError, StoreExistsError
-from ..format._format import DTYPES, from_storage
+from ..format._format import from_storage
 
 __all__ = ["ShuffleConfig", "bucket_permutation", "shuffle_store"]
 
@@ -147,9 +147,9 @@ class _RoleLayout:
 def _role_layouts(store: Any) -> list[_RoleLayout]:
     out = []
     for i, role in enumerate(store.roles):
-        spec = store.meta["roles"][role]
-        layers = tuple((e["layer"], int(e["d"]), np.dtype(DTYPES[e["dtype"]][1]), e["dtype"]) for e in spec["layers"])
-        out.append(_RoleLayout(role, i, layers, tuple(spec["columns"])))
+        spec = store.record.roles[role]
+        layers = tuple((e.layer, e.d, e.storage_dtype, e.dtype) for e in spec.layers)
+        out.append(_RoleLayout(role, i, layers, spec.columns))
     return out
 
 
@@ -159,7 +159,7 @@ def _scatter(store: Any, lay: _RoleLayout, work: Path, n_buckets: int, seed: int
     shutil.rmtree(work / lay.role, ignore_errors=True)
     (work / lay.role).mkdir(parents=True)
     n = store.num_rows(lay.role)
-    chunk_rows = int(store.meta["layout"]["chunk_rows"])
+    chunk_rows = store.record.layout.chunk_rows
     table = store.rows(lay.role)
     views = [store.view(layer, lay.role) for layer, *_ in lay.layers]
     counts = np.zeros(n_buckets, np.int64)
@@ -207,12 +207,12 @@ def _permute(writer: Any, lay: _RoleLayout, work: Path, counts: list[int], start
 
 def _copy_tables(store: Any, writer: Any) -> None:
     """The sample table and every conditioning array, unchanged."""
-    step = int(store.meta["layout"]["chunk_rows"])
-    spec = store.meta["samples"]
+    step = store.record.layout.chunk_rows
+    spec = store.record.samples
     if store.num_samples:
         table = store.samples()
         for _, a, b in _ranges(store.num_samples, step):
-            extra = {c: table[c][a:b] for c in spec["columns"] if c != "sample"}
+            extra = {c: table[c][a:b] for c in spec.columns if c != "sample"}
             kw: dict[str, Any] = {k: table[k][a:b] for k in ("prompt_ids", "instruction_mask", "prompt") if k in table}
             writer.append_samples(table["sample"][a:b], **kw, **extra)
     for name in store.conds:
@@ -243,7 +243,7 @@ def shuffle_store(src: str | os.PathLike[str], dst: str | os.PathLike[str], conf
     with ActStore.open(src) as store:
         layouts = _role_layouts(store)
         fingerprint = {
-            "source": str(Path(src).resolve()), "seed": cfg.seed, "commit_seq": store.commit.get("seq"),
+            "source": str(Path(src).resolve()), "seed": cfg.seed, "commit_seq": store.record.commit.seq,
             "rows": {lay.role: store.num_rows(lay.role) for lay in layouts},
             "buckets": {lay.role: max(1, math.ceil(store.num_rows(lay.role) * lay.row_bytes / cfg.bucket_bytes))
                         for lay in layouts},
@@ -263,14 +263,14 @@ def shuffle_store(src: str | os.PathLike[str], dst: str | os.PathLike[str], conf
             state = {"fingerprint": fingerprint, "counts": {}}
             _write_json(work / "state.json", state)
         resume = dst.exists() and not cfg.overwrite
-        layout = store.meta["layout"]
-        spec = store.meta["samples"]
-        same = cfg.codec is None or cfg.codec == layout["codec"]
+        layout = store.record.layout
+        spec = store.record.samples
+        same = cfg.codec is None or cfg.codec == layout.codec
         config = actstore.StoreConfig(
-            codec=layout["codec"] if same else cfg.codec, chunk_rows=int(layout["chunk_rows"]),
-            block_rows=int(layout["block_rows"]) if same else None, autocommit=False, commit_interval_s=0.0,
-            max_prompt_bytes=int((spec or {}).get("prompt_bytes") or 1024))
-        attrs = dict(store.attrs)
+            codec=layout.codec if same else cfg.codec, chunk_rows=layout.chunk_rows,
+            block_rows=layout.block_rows if same else None, autocommit=False, commit_interval_s=0.0,
+            max_prompt_bytes=(spec.prompt_bytes if spec else None) or 1024)
+        attrs = store.attrs
         with actstore.create(dst, attrs=attrs, config=config, resume=resume, overwrite=cfg.overwrite) as w:
             done = dict(((w.committed_progress or {}).get("shuffle") or {}).get("buckets_done") or {}) if resume else {}
             progress = {"seed": cfg.seed, "buckets_done": done}

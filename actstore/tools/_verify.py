@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -29,8 +28,8 @@ from ..format._format import (
     SAMPLE_KEYS,
     cond_rows_key,
     rows_key,
-    schema_arrays,
 )
+from ..format._record import Record
 from ..read._blocks import ArrayReader, BlockCache, open_array, open_sums_array
 from ..read._blocksums import sums_key
 from ..read._reader import ActStore
@@ -93,7 +92,7 @@ class VerifyReport:
 class _Array:
     key: str
     n_rows: int
-    open: Callable[[Backend, dict[str, Any]], ArrayReader]
+    open: Callable[[Backend, Record], ArrayReader]
     """The array's reader on a part's backend and record (the one block-read primitive, block sums included)."""
     keep: bool
     """Whether its decoded rows are kept for the table checks (the int tables)."""
@@ -122,10 +121,9 @@ class _Verifier:
     def __init__(self, store: ActStore) -> None:
         self.store = store
         self.be = store._be
-        meta = store.meta
-        self.meta = meta
-        self.chunk_rows = int(meta["layout"]["chunk_rows"])
-        self.block_rows = int(meta["layout"]["block_rows"])
+        self.record = store.record
+        self.chunk_rows = self.record.layout.chunk_rows
+        self.block_rows = self.record.layout.block_rows
         self.per_chunk = self.chunk_rows // self.block_rows
         self.problems: list[Problem] = []
         self.notes: list[str] = []
@@ -138,56 +136,55 @@ class _Verifier:
         its one part); the tables are then checked across all parts, concatenated in part order."""
         n = 0
         parts = list(getattr(self.store, "_parts", []) or [])
-        sources = [(be, meta, f"parts/{i:05d}/") for i, (be, meta) in enumerate(parts)] or [(self.be, self.meta, "")]
+        sources = [(be, rec, f"parts/{i:05d}/") for i, (be, rec) in enumerate(parts)] or [(self.be, self.record, "")]
         whole: dict[str, list[np.ndarray | None]] = {}
-        for be, meta, label in sources:
+        for be, record, label in sources:
             self.tables = {}
-            self._check_array_docs(be, meta, label)
-            for arr in self._arrays(meta):
+            self._check_array_docs(be, record, label)
+            for arr in self._arrays(record):
                 n += 1
-                self._check_array(arr, be, meta, label)
+                self._check_array(arr, be, record, label)
             for key, table in self.tables.items():
                 whole.setdefault(key, []).append(table)
         self.tables = {k: None if any(t is None for t in v) else np.concatenate(v) for k, v in whole.items()}
         self._check_tables()
         self._check_leftovers()
-        nonfinite = self.meta["commit"].get("nonfinite") or {}
-        for key, n in nonfinite.items():
+        commit = self.record.commit
+        for key, n in (commit.nonfinite or {}).items():
             self.notes.append(f"{key} holds {n} NaN/Inf values (counted at capture time)")
-        commit = self.meta["commit"]
-        rows = {r: int(commit["roles"].get(r, 0)) for r in self.meta["roles"]}
-        rows.update({f"cond:{c}": int(commit["conds"].get(c, 0)) for c in self.meta["conds"]})
-        rows["samples"] = int(commit["samples"])
+        rows = {r: int(commit.roles.get(r, 0)) for r in self.record.roles}
+        rows.update({f"cond:{c}": int(commit.conds.get(c, 0)) for c in self.record.conds})
+        rows["samples"] = commit.samples
         return VerifyReport(self.store.path, tuple(self.problems), n, self.chunks, rows, tuple(self.notes))
 
     # ------------------------------------------------------------------------------------------ arrays
     @staticmethod
-    def _arrays(meta: dict[str, Any]) -> list[_Array]:
+    def _arrays(record: Record) -> list[_Array]:
         i8 = np.dtype("<i8")
-        layout, cache = meta["layout"], BlockCache(0)
+        layout, cache = record.layout, BlockCache(0)
 
-        def schema(key: str, width: int, dtype: np.dtype, n: int) -> Callable[[Backend, dict[str, Any]], ArrayReader]:
-            return lambda be, m: open_array(be, m["layout"], key, width, dtype, n, cache)
+        def schema(key: str, width: int, dtype: np.dtype, n: int) -> Callable[[Backend, Record], ArrayReader]:
+            return lambda be, r: open_array(be, r.layout, key, width, dtype, n, cache)
 
-        out = [_Array(a.key, n, schema(a.key, a.width, a.dtype, n), a.dtype == i8) for a, n in schema_arrays(meta)]
-        for role, n in (meta["commit"].get("row_stats") or {}).items():  # per-chunk row statistics (_rowstats)
-            if role in meta["roles"] and int(n) > 0:
-                width = 2 * len(meta["roles"][role]["columns"])
-                out.append(_Array(stats_key(role), int(n), schema(stats_key(role), width, i8, int(n)), True))
-        if layout.get("blocksums"):  # the block sums of every schema array (_blocksums)
-            out += [_Array(sums_key(a.key), -(-n // int(layout["block_rows"])),
-                           lambda be, m, key=a.key, n=n: open_sums_array(be, m["layout"], key, n), False)
-                    for a, n in schema_arrays(meta) if n]
+        out = [_Array(a.key, n, schema(a.key, a.width, a.dtype, n), a.dtype == i8) for a, n in record.arrays()]
+        for role, n in (record.commit.row_stats or {}).items():  # per-chunk row statistics (_rowstats)
+            if role in record.roles and n > 0:
+                width = 2 * len(record.roles[role].columns)
+                out.append(_Array(stats_key(role), n, schema(stats_key(role), width, i8, n), True))
+        if layout.blocksums:  # the block sums of every schema array (_blocksums)
+            out += [_Array(sums_key(a.key), -(-n // layout.block_rows),
+                           lambda be, r, key=a.key, n=n: open_sums_array(be, r.layout, key, n), False)
+                    for a, n in record.arrays() if n]
         return out
 
     def _problem(self, arr: str | None, chunk: int | None, message: str) -> None:
         self.problems.append(Problem(arr, chunk, message))
 
-    def _check_array(self, arr: _Array, be: Backend, meta: dict[str, Any], label: str) -> None:
+    def _check_array(self, arr: _Array, be: Backend, record: Record, label: str) -> None:
         """Read every committed chunk of ``arr`` through the reader's block primitive: each block present, its
         crc32c, its size and its block sum; a problem per chunk that fails."""
         name = label + arr.key
-        reader = arr.open(be, meta)
+        reader = arr.open(be, record)
         data = np.zeros((arr.n_rows, reader.width), dtype=reader.dtype) if arr.keep else None
         out = np.empty((reader.chunk_rows, reader.width), dtype=reader.dtype)
         bad = False
@@ -206,17 +203,16 @@ class _Verifier:
         if arr.keep:
             self.tables[arr.key] = None if bad else data
 
-    def _check_array_docs(self, be: Backend, meta: dict[str, Any], label: str) -> None:
+    def _check_array_docs(self, be: Backend, record: Record, label: str) -> None:
         """Every field of each array's own metadata against the record (a Zarr array's zarr.json, what plain
         zarr-python and tensorstore read by; an HDF5 dataset's shape, dtype, chunks, filter and checksum dataset)."""
-        for key, message in be.check_array_docs(meta):
+        for key, message in be.check_array_docs(record):
             self._problem(label + key, None, message)
 
     def _check_tables(self) -> None:
-        meta = self.meta
+        record = self.record
         ids: np.ndarray | None = None
-        samples = meta.get("samples")
-        if samples is not None:
+        if record.samples is not None:
             table = self.tables.get(SAMPLE_KEYS["table"])
             if table is not None:
                 ids = table[:, 0]
@@ -225,7 +221,7 @@ class _Verifier:
                 if dup.size:
                     self._problem(SAMPLE_KEYS["table"], None, f"{dup.size} sample ids appear twice, e.g. {dup[:_SHOWN].tolist()}")
         conds: dict[str, np.ndarray] = {}
-        for name in meta["conds"]:
+        for name in record.conds:
             crow = self.tables.get(cond_rows_key(name))
             if crow is None:
                 continue
@@ -235,7 +231,7 @@ class _Verifier:
             if dup.size:
                 self._problem(cond_rows_key(name), None, f"{len(dup)} (sample, step) pairs appear twice, e.g. {dup[:_SHOWN].tolist()}")
             self._check_samples(cond_rows_key(name), crow[:, 0], ids)
-        for role in meta["roles"]:
+        for role in record.roles:
             key = rows_key(role)
             table = self.tables.get(key)
             if table is None:
@@ -264,8 +260,8 @@ class _Verifier:
         stats = self.tables.get(stats_key(role))
         if stats is None or getattr(self.store, "_parts", None):  # parts carry no statistics (computed on read)
             return
-        crcs = self.meta["commit"].get("row_stats_crc32c", {}).get(role)
-        if crcs is not None and stats_crcs(stats[: len(table) // self.chunk_rows], self.chunk_rows) != crcs:
+        crcs = (self.record.commit.row_stats_crc32c or {}).get(role)
+        if crcs is not None and stats_crcs(stats[: len(table) // self.chunk_rows], self.chunk_rows) != list(crcs):
             self._problem(stats_key(role), None, "the statistics do not match the crc32c in the commit record "
                                                  "(swapped, replaced or damaged)")
         c = table.shape[1]
@@ -277,7 +273,7 @@ class _Verifier:
                               f"{stats[k].tolist()} vs {rows.min(axis=0).tolist()} / {rows.max(axis=0).tolist()})")
 
     def _check_samples(self, key: str, sample: np.ndarray, ids: np.ndarray | None) -> None:
-        if ids is None or self.meta.get("samples") is None:
+        if ids is None or self.record.samples is None:
             return
         unknown = np.setdiff1d(np.unique(sample), ids)
         if unknown.size:

@@ -1,6 +1,6 @@
 """``create``: open a writer on a new store or resume an existing one, after checking what it resumes from.
 
-A resumed store's record is checked against its checksum and schema (``validate_metadata``) and each array's own
+A resumed store's record is checked against its checksum and schema (``Record.parse``) and each array's own
 metadata against the record (``_arraymeta``) before anything is appended: a writer never extends a store whose
 description it cannot trust.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import __version__
 from .._errors import ConfigError, CorruptStoreError, SchemaMismatchError
-from ..format._format import new_metadata, seal_metadata, validate_metadata
+from ..format._record import Layout, Record
 from ..read._blocksums import KIND as BLOCK_SUMS_KIND
 from ..storage._backend import Backend, create_backend, detect_backend, open_backend, store_exists
 from ..storage._h5stage import StagedH5Backend, open_staged
@@ -29,10 +29,10 @@ __all__ = ["check_resumable", "create"]
 
 
 
-def check_resumable(be: Backend, meta: dict[str, Any]) -> None:
+def check_resumable(be: Backend, record: Record) -> None:
     """Raise :class:`CorruptStoreError` naming the array and field when an array's own metadata (a Zarr
-    ``zarr.json``, an HDF5 dataset) disagrees with the (validated) record ``meta``."""
-    problems = be.check_array_docs(meta)
+    ``zarr.json``, an HDF5 dataset) disagrees with the record."""
+    problems = be.check_array_docs(record)
     if problems:
         shown = "; ".join(p for _, p in problems[:3])
         raise CorruptStoreError(f"cannot resume {be.path}: {len(problems)} arrays disagree with the metadata record: "
@@ -76,7 +76,7 @@ def create(
         i, n = parse_part(part)
         if kind != "zarr":
             raise SchemaMismatchError(f"parts need the zarr backend (one HDF5 file has one writer), got {kind!r}")
-        layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
+        layout = Layout(cfg.codec, cfg.chunk_rows, cfg.blocks)
         ensure_root(str(path), n, attrs, layout, f"actstore {__version__}", storage_options)
         path = part_path(path, i)
     if kind == "hdf5" and not is_url(path):  # crash-safe: staged in Zarr, published by atomic rename
@@ -99,17 +99,15 @@ def _start(be: Backend, attrs: dict[str, Any], cfg: StoreConfig, *, resumed: boo
     """A writer on a locked backend: a resumed store's record and arrays checked, or a new store's first record."""
     try:
         if resumed:
-            meta = validate_metadata(be.read_meta(), be.path)
-            check_resumable(be, meta)
+            record = Record.parse(be.read_meta(), be.path)
+            check_resumable(be, record)
             if attrs:
-                meta["attrs"] = {**meta["attrs"], **attrs}
+                record = record.with_attrs(attrs)
         else:
-            layout = {"codec": cfg.codec, "chunk_rows": cfg.chunk_rows, "block_rows": cfg.blocks}
-            if be.block_sums:
-                layout["blocksums"] = BLOCK_SUMS_KIND
-            meta = new_metadata(attrs, layout, f"actstore {__version__}")
-            be.write_meta(seal_metadata(meta), durable=cfg.durable)
-        return StoreWriter(be, meta, cfg, resumed=resumed)  # reads a resumed store's partial chunks back
+            layout = Layout(cfg.codec, cfg.chunk_rows, cfg.blocks, BLOCK_SUMS_KIND if be.block_sums else None)
+            record = Record.new(attrs, layout, f"actstore {__version__}")
+            be.write_meta(record.seal(), durable=cfg.durable)
+        return StoreWriter(be, record, cfg, resumed=resumed)  # reads a resumed store's partial chunks back
     except BaseException:  # nothing holds the backend: release its lock now, not at process exit
         be.close_unpublished() if isinstance(be, StagedH5Backend) else be.close()
         raise

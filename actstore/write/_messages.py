@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..format._format import committed_rows
+from ..format._record import Commit as CommitRecord
+from ..format._record import Spec, rows_of, thaw
 
 __all__ = ["Append", "Close", "Commit", "Declare", "Done", "Flush", "IntervalPassed", "Mark", "Message", "Rollback"]
 
@@ -36,13 +37,13 @@ class Mark:
     """The caller's JSON progress record (``commit(progress=...)``), stored in the commit."""
 
     @classmethod
-    def of(cls, record: Mapping[str, Any]) -> Mark:
-        """The counts of a commit record (``meta["commit"]``), copied."""
-        return cls(dict(record["roles"]), dict(record["conds"]), int(record["samples"]), record.get("progress"))
+    def of(cls, commit: CommitRecord) -> Mark:
+        """The counts and progress of a commit, copied."""
+        return cls(dict(commit.roles), dict(commit.conds), commit.samples, thaw(commit.progress))
 
     def rows(self, key: str) -> int:
         """Rows of array ``key`` at this mark."""
-        return committed_rows(key, {"roles": self.roles, "conds": self.conds, "samples": self.samples})
+        return rows_of(key, self.roles, self.conds, self.samples)
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ class Declare:
     """``"role"``, ``"cond"`` or ``"samples"``."""
     name: str
     """The role or cond name (``"samples"`` for the samples table)."""
-    spec: dict[str, Any]
-    """Its entry in the metadata record (a copy the producer no longer touches)."""
+    spec: Spec
+    """Its entry in the metadata record (frozen)."""
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ commit (:class:`CheckedStats`).
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import numpy as np
 
 from .._errors import CorruptStoreError
 from ..format._codec import BlockCodec
 from ..format._format import rows_key
+from ..format._record import Record, RoleSpec
 from ..read._stats import _crc, chunk_stats, stats_key
 from ..storage._backend import Backend
 from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, read_rows
@@ -41,14 +41,14 @@ _I8 = np.dtype("<i8")
 class RowStatsWriter:
     """The writer thread's side: observe row-table chunk jobs, write the stats of changed chunks at a commit."""
 
-    def __init__(self, backend: Backend, meta: dict[str, Any], codec_name: str, chunk_rows: int, block_rows: int) -> None:
+    def __init__(self, backend: Backend, record: Record, codec_name: str, chunk_rows: int, block_rows: int) -> None:
         self._be = backend
-        self._meta = meta
-        """The writer's metadata (its ``roles`` grow as roles are declared)."""
+        self._columns: dict[str, int] = {role: len(spec.columns) for role, spec in record.roles.items()}
+        """Row-table columns per role (grows by :meth:`declare`)."""
         self._codec_name = codec_name
         self._chunk_rows = chunk_rows
         self._block_rows = block_rows
-        self._committed: dict[str, int] = dict(meta["commit"].get("row_stats", {}))
+        self._committed: dict[str, int] = dict(record.commit.row_stats or {})
         """Stats rows on disk and covered by the last commit, per role."""
         self._dirty: dict[str, dict[int, np.ndarray]] = {}
         """Stats rows computed since the last commit: role -> {row-table chunk: stats row}."""
@@ -60,12 +60,16 @@ class RowStatsWriter:
         self._seen: set[str] = set()
         self._full_crcs: dict[str, dict[int, int]] = {
             role: {i: c for i, c in enumerate(crcs) if (i + 1) * chunk_rows <= self._committed.get(role, 0)}
-            for role, crcs in (meta["commit"].get("row_stats_crc32c") or {}).items()}
+            for role, crcs in (record.commit.row_stats_crc32c or {}).items()}
         """Per role: the crc32c of each full stats chunk (``chunk_rows`` stats rows, never rewritten but by a
         rollback), for ``commit.row_stats_crc32c``."""
 
+    def declare(self, role: str, spec: RoleSpec) -> None:
+        """A role declared after the writer started."""
+        self._columns[role] = len(spec.columns)
+
     def _role_of(self, key: str) -> str | None:
-        for role in self._meta["roles"]:
+        for role in self._columns:
             if rows_key(role) == key:
                 return role
         return None
@@ -107,7 +111,7 @@ class RowStatsWriter:
         """Write the stats of every changed chunk (before the commit record); return ``commit.row_stats``."""
         out: dict[str, int] = {}
         for role, n_rows in roles.items():
-            if role in self._off or role not in self._meta["roles"]:
+            if role in self._off or role not in self._columns:
                 continue
             n_stats = -(-int(n_rows) // self._chunk_rows)
             dirty = self._dirty.pop(role, {})
@@ -127,7 +131,7 @@ class RowStatsWriter:
 
     # ------------------------------------------------------------------------------------------ writing
     def _buffer(self, role: str) -> ChunkBuffer:
-        width = 2 * len(self._meta["roles"][role]["columns"])
+        width = 2 * self._columns[role]
         codec = BlockCodec(self._codec_name, _I8, checksum=self._be.checksums,
                            block_bytes=self._block_rows * width * _I8.itemsize)
         return ChunkBuffer(stats_key(role), width, _I8, codec, self._chunk_rows, self._block_rows)

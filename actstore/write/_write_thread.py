@@ -17,22 +17,13 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
 from ..format._codec import BlockCodec
-from ..format._format import (
-    SAMPLE_KEYS,
-    acts_key,
-    arrays_of,
-    cond_acts_key,
-    cond_rows_key,
-    now_iso,
-    rows_key,
-    schema_arrays,
-    seal_metadata,
-)
+from ..format._format import SAMPLE_KEYS, acts_key, cond_acts_key, cond_rows_key, now_iso, rows_key
+from ..format._record import Commit as CommitRecord
+from ..format._record import Record, RoleSpec, SamplesSpec, Spec, freeze
 from ..read._blocksums import BlockSumsWriter
 from ..storage._backend import Backend
 from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, load_chunk, read_rows
@@ -52,25 +43,26 @@ class WriterThread(threading.Thread):
     the constructor, on the caller's thread.
     """
 
-    def __init__(self, backend: Backend, meta: dict[str, Any], config: StoreConfig, queue: ByteQueue[Message], *,
+    def __init__(self, backend: Backend, record: Record, config: StoreConfig, queue: ByteQueue[Message], *,
                  resumed: bool) -> None:
         super().__init__(name="actstore-writer", daemon=True)
         self.error: BaseException | None = None
         """The first failure, re-raised by the producer as :class:`WriterFailedError`."""
-        self.meta = meta
-        """The store's record as last committed, plus the roles / conds / samples declared since."""
+        self.record = record
+        """The store's record as last committed, plus the roles / conds / samples declared since (replaced, never
+        changed in place)."""
         self._be = backend
         self._config = config
         self._queue = queue
-        layout = meta["layout"]
-        self._chunk_rows = int(layout["chunk_rows"])
-        self._block_rows = int(layout["block_rows"])
-        self._codec_name = str(layout["codec"])
+        layout = record.layout
+        self._chunk_rows = layout.chunk_rows
+        self._block_rows = layout.block_rows
+        self._codec_name = layout.codec
         self._arrays: dict[str, ChunkBuffer] = {}
         """The chunk state of every array, by key."""
-        self._row_stats = RowStatsWriter(backend, meta, self._codec_name, self._chunk_rows, self._block_rows)
-        self._sums = (BlockSumsWriter(backend, self._block_rows, {a.key: n for a, n in schema_arrays(meta)})
-                      if layout.get("blocksums") else None)
+        self._row_stats = RowStatsWriter(backend, record, self._codec_name, self._chunk_rows, self._block_rows)
+        self._sums = (BlockSumsWriter(backend, self._block_rows, {a.key: n for a, n in record.arrays()})
+                      if layout.blocksums else None)
         """Writes the block sums at each commit (stores created with them: ``layout.blocksums``)."""
         self._pending: Mark | None = None
         """The last mark not committed yet."""
@@ -84,12 +76,12 @@ class WriterThread(threading.Thread):
     @property
     def nonfinite(self) -> dict[str, int]:
         """NaN/Inf values per array as of the last commit."""
-        return dict(self.meta["commit"].get("nonfinite", {}))
+        return dict(self.record.commit.nonfinite or {})
 
     def committed_sample_ids(self) -> list[int]:
         """The sample ids of the committed rows of the samples table (read back from a resumed store)."""
-        n = int(self.meta["commit"]["samples"])
-        if self.meta["samples"] is None or not n:
+        n = self.record.commit.samples
+        if self.record.samples is None or not n:
             return []
         return [int(s) for s in read_rows(self._be, self._arrays[SAMPLE_KEYS["table"]], 0, n)[:, 0]]
 
@@ -136,13 +128,13 @@ class WriterThread(threading.Thread):
             self.error = exc
 
     # --------------------------------------------------------------------------------------- the handlers
-    def _declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+    def _declare(self, kind: str, name: str, spec: Spec) -> None:
         """Record a new role / cond / samples table in the record and create its arrays."""
-        if kind == "samples":
-            self.meta["samples"] = spec
-        else:
-            self.meta[f"{kind}s"][name] = spec
-        for a in arrays_of(kind, name, spec):
+        self.record = self.record.with_spec(kind, name, spec)
+        if isinstance(spec, RoleSpec):
+            self._row_stats.declare(name, spec)
+        arrays = spec.arrays() if isinstance(spec, SamplesSpec) else spec.arrays(name)
+        for a in arrays:
             array = self._new_array(a.key, a.width, a.dtype, a.logical)
             self._be.create_array(a.key, array.width, array.dtype, array.codec, self._chunk_rows, self._block_rows)
             self._arrays[a.key] = array
@@ -201,7 +193,7 @@ class WriterThread(threading.Thread):
         if self._config.nonfinite == "allow":
             logical = None
         array = ChunkBuffer(key, width, dtype, codec, self._chunk_rows, self._block_rows, logical=logical)
-        array.nonfinite_full = int(self.meta["commit"].get("nonfinite", {}).get(key, 0))
+        array.nonfinite_full = int((self.record.commit.nonfinite or {}).get(key, 0))
         return array
 
     def _submit(self, job: ChunkJob) -> None:
@@ -239,12 +231,12 @@ class WriterThread(threading.Thread):
             if job is not None:
                 self._submit(job)
         self._drain()
-        for role, spec in self.meta["roles"].items():
+        for role, spec in self.record.roles.items():
             n = mark.roles.get(role, 0)
             self._be.set_rows(rows_key(role), n)
-            for e in spec["layers"]:
-                self._be.set_rows(acts_key(role, str(e["layer"])), n)
-        for name in self.meta["conds"]:
+            for e in spec.layers:
+                self._be.set_rows(acts_key(role, str(e.layer)), n)
+        for name in self.record.conds:
             n = mark.conds.get(name, 0)
             self._be.set_rows(cond_rows_key(name), n)
             self._be.set_rows(cond_acts_key(name), n)
@@ -256,18 +248,20 @@ class WriterThread(threading.Thread):
         row_stats = self._row_stats.flush(dict(mark.roles))
         if self._config.durable:
             self._be.sync()
-        self.meta["commit"] = {
-            "seq": int(self.meta["commit"]["seq"]) + 1,
-            "time": now_iso(),
-            "roles": dict(mark.roles),
-            "conds": dict(mark.conds),
-            "samples": int(mark.samples),
-            "progress": mark.progress,
-            "nonfinite": {k: a.nonfinite for k, a in self._arrays.items() if a.logical and a.nonfinite},
-            "row_stats": row_stats,
-            "row_stats_crc32c": self._row_stats.checksums(dict(mark.roles), row_stats),
-        }
-        self._be.write_meta(seal_metadata(self.meta), durable=self._config.durable)
+        crcs = self._row_stats.checksums(dict(mark.roles), row_stats)
+        record = self.record.with_commit(CommitRecord(
+            seq=self.record.commit.seq + 1,
+            time=now_iso(),
+            roles=freeze(mark.roles),
+            conds=freeze(mark.conds),
+            samples=int(mark.samples),
+            progress=freeze(mark.progress),
+            nonfinite=freeze({k: a.nonfinite for k, a in self._arrays.items() if a.logical and a.nonfinite}),
+            row_stats=freeze(row_stats),
+            row_stats_crc32c=freeze(crcs),
+        ))
+        self._be.write_meta(record.seal(), durable=self._config.durable)
+        self.record = record  # once written
         self._pending = None
         self._last_commit = time.monotonic()
 
@@ -276,7 +270,7 @@ class WriterThread(threading.Thread):
 
     def _load_committed(self) -> None:
         """A resumed store: every array's chunk state at its committed row count (its partial chunk read back)."""
-        for a, n in schema_arrays(self.meta):
+        for a, n in self.record.arrays():
             array = self._new_array(a.key, a.width, a.dtype, a.logical)
             load_chunk(self._be, array, n)
             self._arrays[a.key] = array

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import json
 import threading
 import warnings
@@ -32,6 +31,7 @@ from ..format._format import (
     cond_rows_key,
     rows_key,
 )
+from ..format._record import CondSpec, LayerSpec, Record, RoleSpec, SamplesSpec, Spec, thaw
 from ..storage._backend import Backend
 from ._chunks import count_nonfinite
 from ._config import StoreConfig
@@ -71,35 +71,34 @@ class StoreWriter:
     thread is re-raised, as :class:`WriterFailedError`, by the next call or by ``close()``.
     """
 
-    def __init__(self, backend: Backend, meta: dict[str, Any], config: StoreConfig, *, resumed: bool) -> None:
+    def __init__(self, backend: Backend, record: Record, config: StoreConfig, *, resumed: bool) -> None:
         self.path = backend.path
         self.config = config
         self._be = backend
-        layout = meta["layout"]
+        layout = record.layout
         requested = (config.codec, config.chunk_rows, config.blocks)
         defaults = StoreConfig()
-        stored = (str(layout["codec"]), int(layout["chunk_rows"]), int(layout["block_rows"]))
+        stored = (layout.codec, layout.chunk_rows, layout.block_rows)
         if resumed and requested != stored and requested != (defaults.codec, defaults.chunk_rows, defaults.blocks):
             warnings.warn(
-                f"resuming {self.path}: keeping its layout {layout}, not the requested codec/chunking",
+                f"resuming {self.path}: keeping its layout {layout.to_json()}, not the requested codec/chunking",
                 stacklevel=3,
             )
-        self._schema: dict[str, Any] = copy.deepcopy(
-            {"roles": meta["roles"], "conds": meta["conds"], "samples": meta["samples"]}
-        )
-        """Producer-side schema (the writer thread's record catches up through ``Declare`` messages)."""
-        commit = meta["commit"]
+        self._schema = record
+        """Producer-side schema: its roles / conds / samples (the writer thread's record catches up through
+        ``Declare`` messages)."""
+        commit = record.commit
         self._counts: dict[str, Any] = _counts_of(Mark.of(commit))
         """Rows appended so far, shaped like a commit record: ``roles`` / ``conds`` by name, ``samples``."""
-        self._progress: dict[str, Any] | None = commit.get("progress")
-        self.committed_progress: dict[str, Any] | None = commit.get("progress")
+        self._progress: dict[str, Any] | None = thaw(commit.progress)
+        self.committed_progress: dict[str, Any] | None = thaw(commit.progress)
         """The ``progress`` of the last commit when the store was opened (resume from there)."""
         self._last_mark = self._snapshot()
         self._new_ids: list[int] = []
         """Sample ids appended since the last mark (forgotten again by ``rollback``)."""
         self._closed = False
         self._queue: ByteQueue[Message] = ByteQueue(config.queue_bytes)
-        self._thread = WriterThread(backend, meta, config, self._queue, resumed=resumed)
+        self._thread = WriterThread(backend, record, config, self._queue, resumed=resumed)
         self._sample_ids: set[int] = set(self._thread.committed_sample_ids())
         self._thread.start()
         _OPEN.add(self)
@@ -113,31 +112,29 @@ class StoreWriter:
 
     @property
     def roles(self) -> list[str]:
-        return list(self._schema["roles"])
+        return list(self._schema.roles)
 
     def append(self, role: str, rows: Mapping[str, Any], acts: Mapping[Any, Any], *, done: Done = None) -> None:
         """Append ``N`` rows of one role: its row table and the activations of all its layers at once."""
         self._check_open()
         check_name(role, "role")
-        spec = self._schema["roles"].get(role)
+        spec = self._schema.roles.get(role)
         arrays, n, layers = self._layer_arrays(role, acts, spec)
-        mat, columns = row_matrix(rows, n, None if spec is None else spec["columns"], ROW_COLUMNS, f"role {role!r}")
+        mat, columns = row_matrix(rows, n, None if spec is None else list(spec.columns), ROW_COLUMNS, f"role {role!r}")
         if spec is None:
-            self._declare("role", role, {"columns": columns, "layers": layers})
+            self._declare("role", role, RoleSpec(tuple(columns), tuple(layers)))
         self._put(Append(((rows_key(role), mat), *arrays), done), ("roles", role), n)
 
     def append_cond(self, name: str, rows: Mapping[str, Any], acts: Any, *, done: Done = None) -> None:
         """Append conditioning vectors (e.g. ``adarms``), one row per (sample, step)."""
         self._check_open()
         check_name(name, "cond")
-        spec = self._schema["conds"].get(name)
-        arr, dtype = check_acts(
-            acts, f"cond {name!r}", None if spec is None else spec["d"], None if spec is None else spec["dtype"]
-        )
+        spec = self._schema.conds.get(name)
+        arr, dtype = check_acts(acts, f"cond {name!r}", None if spec is None else spec.d, None if spec is None else spec.dtype)
         self._check_finite(arr, dtype, f"cond {name!r}")
         mat, _ = row_matrix(rows, arr.shape[0], list(COND_COLUMNS), COND_COLUMNS, f"cond {name!r}")
         if spec is None:
-            self._declare("cond", name, {"d": int(arr.shape[1]), "dtype": dtype})
+            self._declare("cond", name, CondSpec(int(arr.shape[1]), dtype))
         self._put(Append(((cond_rows_key(name), mat), (cond_acts_key(name), arr)), done), ("conds", name), arr.shape[0])
 
     def append_samples(
@@ -153,26 +150,24 @@ class StoreWriter:
         self._check_open()
         ids = as_index_column(sample, "sample", None)
         n = ids.shape[0]
-        spec = self._schema["samples"]
-        table, columns = row_matrix({"sample": ids, **extra}, n, None if spec is None else spec["columns"], ("sample",), "samples")
+        spec = self._schema.samples
+        table, columns = row_matrix({"sample": ids, **extra}, n, None if spec is None else list(spec.columns), ("sample",),
+                                    "samples")
         dup = [int(s) for s in ids if int(s) in self._sample_ids]
         if dup or len(set(ids.tolist())) != n:
             raise SchemaMismatchError(f"sample ids must be unique; already stored or repeated: {sorted(set(dup))[:10]}")
         given = {"prompt": prompt is not None, "prompt_ids": prompt_ids is not None, "instruction_mask": instruction_mask is not None}
         if spec is not None:
             for key, present in given.items():
-                if present != spec[key]:
+                kept = getattr(spec, key)
+                if present != kept:
                     raise SchemaMismatchError(
-                        f"the samples table {'has' if spec[key] else 'has no'} {key!r}; every append_samples call "
-                        f"must {'pass' if spec[key] else 'omit'} it"
+                        f"the samples table {'has' if kept else 'has no'} {key!r}; every append_samples call "
+                        f"must {'pass' if kept else 'omit'} it"
                     )
         context, prompt_len, prompt_bytes = self._context_arrays(n, spec, prompt, prompt_ids, instruction_mask)
         if spec is None:
-            self._declare(
-                "samples",
-                "samples",
-                {"columns": columns, "prompt_len": prompt_len, "prompt_bytes": prompt_bytes, **given},
-            )
+            self._declare("samples", "samples", SamplesSpec(tuple(columns), prompt_len, prompt_bytes, **given))
         new = [int(s) for s in ids]
         self._sample_ids.update(new)
         self._new_ids.extend(new)
@@ -251,15 +246,15 @@ class StoreWriter:
             raise WriterClosedError(f"the writer of {self.path} is closed")
         self._raise_if_failed()
 
-    def _layer_arrays(self, role: str, acts: Mapping[Any, Any], spec: dict[str, Any] | None,
-                      ) -> tuple[list[tuple[str, np.ndarray]], int, list[dict[str, Any]]]:
+    def _layer_arrays(self, role: str, acts: Mapping[Any, Any], spec: RoleSpec | None,
+                      ) -> tuple[list[tuple[str, np.ndarray]], int, list[LayerSpec]]:
         """The checked activations of every layer of one append: (key, rows) pairs, the row count and the layer
         entries of a role's spec (in natural layer order; used when ``spec`` is None, i.e. a new role)."""
         if not isinstance(acts, Mapping) or not acts:
             raise SchemaMismatchError(f"acts of role {role!r} must be a non-empty mapping of layer to (N, d) tensor")
         layer_names = {check_name(layer, "layer"): layer for layer in acts}
         if spec is not None:
-            known = {str(e["layer"]): e for e in spec["layers"]}
+            known = {str(e.layer): e for e in spec.layers}
             if set(layer_names) != set(known):
                 raise SchemaMismatchError(
                     f"role {role!r} holds layers {sorted(known, key=natural)}; an append must give exactly those, "
@@ -269,12 +264,12 @@ class StoreWriter:
         n: int | None = None
         layers = []
         for text, layer in layer_names.items():
-            entry = None if spec is None else next(e for e in spec["layers"] if str(e["layer"]) == text)
+            entry = None if spec is None else next(e for e in spec.layers if str(e.layer) == text)
             arr, dtype = check_acts(
                 acts[layer],
                 f"layer {layer!r} of role {role!r}",
-                None if entry is None else entry["d"],
-                None if entry is None else entry["dtype"],
+                None if entry is None else entry.d,
+                None if entry is None else entry.dtype,
             )
             if n is None:
                 n = arr.shape[0]
@@ -282,16 +277,16 @@ class StoreWriter:
                 raise SchemaMismatchError(f"layers of role {role!r} disagree on the row count: {arr.shape[0]} vs {n}")
             self._check_finite(arr, dtype, f"layer {layer!r} of role {role!r}")
             arrays.append((acts_key(role, text), arr))
-            layers.append({"layer": layer, "d": int(arr.shape[1]), "dtype": dtype})
+            layers.append(LayerSpec(layer, int(arr.shape[1]), dtype))
         assert n is not None
-        layers.sort(key=lambda e: natural(str(e["layer"])))
+        layers.sort(key=lambda e: natural(str(e.layer)))
         return arrays, n, layers
 
-    def _context_arrays(self, n: int, spec: dict[str, Any] | None, prompt: list[str] | None, prompt_ids: Any,
+    def _context_arrays(self, n: int, spec: SamplesSpec | None, prompt: list[str] | None, prompt_ids: Any,
                         instruction_mask: Any) -> tuple[list[tuple[str, np.ndarray]], int | None, int | None]:
         """The instruction mask, prompt ids and prompt text of ``n`` samples as (key, rows) pairs, padded to the
         samples table's ``prompt_len`` / ``prompt_bytes`` (set by the first call), and those two widths."""
-        prompt_len = None if spec is None else spec["prompt_len"]
+        prompt_len = None if spec is None else spec.prompt_len
         arrays: list[tuple[str, np.ndarray]] = []
         for key in ("instruction_mask", "prompt_ids"):
             value = instruction_mask if key == "instruction_mask" else prompt_ids
@@ -301,7 +296,7 @@ class StoreWriter:
             if prompt_len is None:
                 prompt_len = mat.shape[1]
             arrays.append((SAMPLE_KEYS[key], pad_to(mat, prompt_len, key)))
-        prompt_bytes = None if spec is None else spec["prompt_bytes"]
+        prompt_bytes = None if spec is None else spec.prompt_bytes
         if prompt is not None:
             if isinstance(prompt, str) or len(prompt) != n:
                 raise SchemaMismatchError(f"prompt must be a list of {n} strings, one per sample")
@@ -328,13 +323,10 @@ class StoreWriter:
         self._new_ids.clear()
         self._queue.put(Commit(self._last_mark), 0, self._failed)
 
-    def _declare(self, kind: str, name: str, spec: dict[str, Any]) -> None:
-        """Tell the writer thread about a new role / cond / samples table (a copy of ``spec``) and remember it."""
-        self._queue.put(Declare(kind, name, copy.deepcopy(spec)), 0, self._failed)
-        if kind == "samples":
-            self._schema["samples"] = spec
-        else:
-            self._schema[f"{kind}s"][name] = spec
+    def _declare(self, kind: str, name: str, spec: Spec) -> None:
+        """Tell the writer thread about a new role / cond / samples table and remember it."""
+        self._queue.put(Declare(kind, name, spec), 0, self._failed)
+        self._schema = self._schema.with_spec(kind, name, spec)
 
     def _put(self, message: Append, group: tuple[str, str | None], n: int) -> None:
         """Queue ``message`` (waiting while the queue holds ``queue_bytes``) and count its ``n`` rows."""

@@ -3,14 +3,12 @@
 :meth:`Record.parse` is the only way a JSON record becomes a :class:`Record`, and it is the validation: every
 field is checked against the schema of ``docs/format.md`` and, for version >= 2, against the record's
 ``checksum``; a malformed record is a ``CorruptStoreError`` naming the field (``FormatVersionError`` for a newer
-version). :meth:`Record.to_json` gives back the JSON form (without ``checksum``: what ``ActStore.meta`` shows),
-:meth:`Record.seal` the form that is written (current version, checksum last); both keep the key order the writer
-has always used, so records written through them are byte for byte what earlier versions wrote.
+version). :meth:`Record.to_json` gives back the JSON form without ``checksum`` (``ActStore.meta``), :meth:`Record.seal`
+the form that is written, in the writer's key order: byte for byte what earlier versions wrote.
 
-Nothing inside a record can be changed: mappings are :class:`types.MappingProxyType`, sequences tuples, and the
-caller's JSON values (``attrs``, ``commit.progress``) are frozen the same way. Changes make new records
-(:meth:`Record.with_spec`, :meth:`Record.with_commit`, :func:`dataclasses.replace`). Keys a foreign tool added
-(the checksum covers them) are kept in ``extra`` and written back after the known ones.
+Nothing inside a record can be changed (mappings are :class:`types.MappingProxyType`, sequences tuples, the caller's
+JSON values frozen alike); changes make new records (``with_spec``, ``with_commit``, :func:`dataclasses.replace`).
+Keys a foreign tool added (the checksum covers them) are kept in ``extra`` and written back after the known ones.
 """
 
 from __future__ import annotations
@@ -67,16 +65,12 @@ def freeze(value: Any) -> Any:
 
 
 def thaw(value: Any) -> Any:
-    """The plain JSON form (dicts and lists, fresh copies) of a :func:`freeze` d value."""
+    """The plain JSON form (dicts and lists, fresh copies) of a frozen value."""
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
         return [thaw(v) for v in value]
     return value
-
-
-def _frozen_map(items: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(items))
 
 
 # -------------------------------------------------------------------------------------------- the objects
@@ -310,7 +304,7 @@ class Record:
             assert isinstance(spec, SamplesSpec)
             return dataclasses.replace(self, samples=spec)
         group = self.roles if kind == "role" else self.conds
-        changed = _frozen_map({**group, name: spec})
+        changed = freeze({**group, name: spec})
         return dataclasses.replace(self, **{"roles" if kind == "role" else "conds": changed})
 
     def with_commit(self, commit: Commit) -> Record:
@@ -440,7 +434,7 @@ def _parse(meta: object, path: str) -> Record:
     known = ("format_version", "attrs", "layout", "roles", "conds", "samples", "commit", CHECKSUM_FIELD) + tuple(
         k for k in ("created", "library", "parts") if meta.get(k) is not None)  # an explicit null stays in extra
     return Record(version, meta.get("created"), meta.get("library"), freeze(meta["attrs"]), layout,
-                  _frozen_map(roles), _frozen_map(conds), samples, commit, parts, _extra(meta, known))
+                  freeze(roles), freeze(conds), samples, commit, parts, _extra(meta, known))
 
 
 def _parse_layout(layout: dict[str, Any], path: str) -> Layout:
@@ -521,12 +515,11 @@ def _parse_commit(commit: dict[str, Any], roles: Mapping[str, RoleSpec], conds: 
         _expect(isinstance(crcs, list) and all(_is_count(c) and c < 2**32 for c in crcs), path,
                 f"commit.row_stats_crc32c[{role!r}] must be a list of crc32c values")
     known = ("seq", "time", "roles", "conds", "samples", "progress", "nonfinite", "row_stats", "row_stats_crc32c")
-    crcs = commit.get("row_stats_crc32c")
     return Commit(
-        commit["seq"], commit.get("time"), _frozen_map(commit["roles"]), _frozen_map(commit["conds"]), commit["samples"],
+        commit["seq"], commit.get("time"), freeze(commit["roles"]), freeze(commit["conds"]), commit["samples"],
         freeze(commit.get("progress")),
-        None if "nonfinite" not in commit else _frozen_map(nonfinite),
-        None if "row_stats" not in commit else _frozen_map(commit["row_stats"]),
-        None if crcs is None else MappingProxyType({k: tuple(v) for k, v in crcs.items()}),
+        None if "nonfinite" not in commit else freeze(nonfinite),
+        None if "row_stats" not in commit else freeze(commit["row_stats"]),
+        freeze(commit.get("row_stats_crc32c")),
         _extra(commit, known),
     )

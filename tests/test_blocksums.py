@@ -181,7 +181,7 @@ def test_live_readers_never_see_a_false_mismatch(tmp_path: Path) -> None:
     """A reader next to a writer that keeps completing partly filled blocks (small blocks, a commit per append):
     every read of the committed rows is right and none raises."""
     path = tmp_path / "s.zarr"
-    d, total = 8, 3000
+    d, total = 8, 1200  # about 400 commits, each completing or starting a block while the reader reads
     a = np.random.default_rng(0).standard_normal((total, d)).astype(np.float32)
     rows = _rows
     errors: list[BaseException] = []

@@ -80,3 +80,24 @@ def test_a_blosc_frame_whose_header_lies_about_its_length_is_refused() -> None:
         c.decode(blob + b"\0" * 8, np.empty_like(block))
     with pytest.raises(CorruptStoreError, match="shorter than a blosc header"):
         c.decode(blob[:10], np.empty_like(block))
+
+
+@pytest.mark.parametrize("name", ["lz4", "zstd"])
+def test_decode_holding_the_gil_equals_the_pool_decode(name: str) -> None:
+    """Small reads decode through c-blosc's ``blosc_decompress_ctx`` with the GIL held (numcodecs' own extension,
+    via ctypes.PyDLL): same bytes as numcodecs' decode, and a damaged frame is still a CorruptStoreError."""
+    from actstore.format import _codec
+
+    assert _codec._DECOMPRESS_HOLDING_GIL is not None  # exported by numcodecs' blosc extension here
+    rows = (np.random.default_rng(3).standard_normal((256, 96), dtype=np.float32).view(np.uint32) >> 16).astype("<u2")
+    codec = BlockCodec(name, np.dtype("<u2"), block_bytes=rows.nbytes)
+    blob = codec.encode(rows)
+    a, b = np.empty_like(rows), np.empty_like(rows)
+    codec.decode(blob, a)
+    codec.decode(blob, b, hold_gil=True)
+    assert np.array_equal(a, rows) and np.array_equal(b, rows)
+    bad = bytearray(blob)
+    bad[2] |= 0xE0  # the header's compressor code: one c-blosc does not know; crc32c recomputed: only blosc objects
+    bad[-4:] = _codec.crc32c(bytes(bad[:-4]))
+    with pytest.raises(CorruptStoreError, match="cannot decode"):
+        codec.decode(bytes(bad), b, hold_gil=True)

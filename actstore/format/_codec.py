@@ -28,8 +28,26 @@ _BLOSC = {
 _SHUFFLE_IDS = {"shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
 
 
-def crc32c(data: Buffer | np.ndarray) -> bytes:
-    return _crc.crc32c(data).to_bytes(4, "little")
+def crc32c(data: Buffer | np.ndarray, *, hold_gil: bool = False) -> bytes:
+    """The crc32c of ``data`` as 4 little-endian bytes; ``hold_gil`` keeps the GIL (see :meth:`BlockCodec.decode`)."""
+    return _crc.crc32c(data, 0, 0 if hold_gil else -1).to_bytes(4, "little")
+
+
+def _blosc_holding_gil() -> Any:
+    """c-blosc's ``blosc_decompress_ctx`` from numcodecs' own extension, called through ``ctypes.PyDLL`` (which,
+    unlike ``CDLL``, keeps the GIL); None where the symbol is not exported."""
+    import ctypes
+
+    try:
+        fn = ctypes.PyDLL(numcodecs.blosc.__file__).blosc_decompress_ctx  # type: ignore[attr-defined]
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_DECOMPRESS_HOLDING_GIL = _blosc_holding_gil()
 
 
 class BlockCodec:
@@ -61,13 +79,17 @@ class BlockCodec:
     def encode(self, block: np.ndarray) -> bytes:
         return b"".join(self.encode_parts(block))
 
-    def decode(self, data: bytes | memoryview, out: np.ndarray, *, where: str = "block") -> None:
+    def decode(self, data: bytes | memoryview, out: np.ndarray, *, where: str = "block", hold_gil: bool = False) -> None:
         """Decode ``data`` into ``out`` (C-contiguous, exactly one block), verifying the checksum and that the block
         decodes to exactly ``out.nbytes`` (rows x width x itemsize): a block of another size (a wrong width or dtype
-        in the metadata, a block of another array) is a :class:`CorruptStoreError`, never a partly filled ``out``."""
+        in the metadata, a block of another array) is a :class:`CorruptStoreError`, never a partly filled ``out``.
+
+        ``hold_gil``: decode without releasing the GIL (one blosc thread). For the small reads of one block, where
+        giving the GIL up costs more than the decode: while another Python thread is busy, a thread that releases
+        the GIL waits up to the interpreter's switch interval (5 ms) to get it back."""
         view = memoryview(data)
         if self.checksum:
-            if len(view) < 4 or crc32c(view[:-4]) != bytes(view[-4:]):
+            if len(view) < 4 or crc32c(view[:-4], hold_gil=hold_gil) != bytes(view[-4:]):
                 raise CorruptStoreError(f"checksum mismatch in {where}: the stored bytes are corrupt or truncated")
             view = view[:-4]
         size = len(view) if self._blosc is None else _blosc_sizes(view, where)
@@ -79,6 +101,10 @@ class BlockCodec:
         try:
             if self._blosc is None:
                 out.reshape(-1).view(np.uint8)[:] = np.frombuffer(view, dtype=np.uint8)
+            elif hold_gil and _DECOMPRESS_HOLDING_GIL is not None and out.flags.c_contiguous:
+                got = _DECOMPRESS_HOLDING_GIL(bytes(view), out.ctypes.data, out.nbytes, 1)
+                if got != out.nbytes:
+                    raise ValueError(f"blosc_decompress_ctx returned {got}")
             else:
                 self._blosc.decode(view, out=out)
         except Exception as exc:  # noqa: BLE001 - a codec error means the bytes are bad

@@ -119,14 +119,15 @@ class ArrayReader:
     def _where(self, block: int) -> str:
         return f"block {block} (chunk {block // self.per_chunk}) of {self.key} in {self.backend.path}"
 
-    def decode_block(self, blob: bytes | memoryview | None, block: int, out: np.ndarray) -> None:
+    def decode_block(self, blob: bytes | memoryview | None, block: int, out: np.ndarray, *,
+                     hold_gil: bool = False) -> None:
         """Decode stored block ``block`` (its encoded bytes ``blob``) into ``out``, or raise
         :class:`CorruptStoreError`. Every block a reader decodes holds committed rows: one its chunk's index calls
         absent is corruption (the writer writes each block before the commit that covers it), not zeros."""
         if blob is None:
             raise CorruptStoreError(f"{self._where(block)} is absent from its chunk's index although committed rows "
                                     f"(up to row {self.n_rows}) lie in it")
-        self.codec.decode(blob, out, where=self._where(block))
+        self.codec.decode(blob, out, where=self._where(block), hold_gil=hold_gil)
         if self.sums is not None:
             self._check_sum(block, bytes(blob[-4:]), out)
 
@@ -146,7 +147,9 @@ class ArrayReader:
         raise self.sums.mismatch(block, self._where(block))
 
     def _fetch_block(self, block: int, out: np.ndarray) -> None:
-        self.decode_block(self.backend.read_block(self.key, block, self.per_chunk, **self._bound), block, out)
+        """One block for a small read: decoded holding the GIL (cheaper than handing it over and back)."""
+        blob = self.backend.read_block(self.key, block, self.per_chunk, **self._bound)
+        self.decode_block(blob, block, out, hold_gil=True)
 
     def block(self, block: int) -> np.ndarray:
         """One decoded block (cached)."""

@@ -21,38 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import CorruptStoreError, FormatVersionError, InvalidNameError
 from ._format import (
-    CHECKSUM_FIELD,
     DTYPES,
-    FORMAT_VERSION,
-    ROW_COLUMNS,
     SAMPLE_KEYS,
     ArraySpec,
     acts_key,
-    check_name,
     cond_acts_key,
     cond_rows_key,
     now_iso,
-    record_checksum,
     rows_key,
     seal_metadata,
 )
 
-__all__ = ["Commit", "CondSpec", "LayerSpec", "Layout", "Record", "RoleSpec", "SamplesSpec", "Spec", "freeze", "rows_of",
-           "thaw"]
+__all__ = ["EMPTY", "Commit", "CondSpec", "LayerSpec", "Layout", "Record", "RoleSpec", "SamplesSpec", "Spec", "freeze",
+           "rows_of", "thaw"]
 
-_MAX_ROWS = 1 << 24
-"""Largest chunk_rows / block_rows a reader accepts (bounds the buffers it allocates)."""
-_MAX_WIDTH = 1 << 20
-"""Largest d, prompt_len, prompt_bytes a reader accepts."""
-_MAX_ROWS_TOTAL = 1 << 40
-"""Largest committed row count a reader accepts."""
-_MAX_PARTS = 100_000
 _I8 = np.dtype("<i8")
 _U1 = np.dtype("u1")
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-_CODECS = ("lz4", "zstd", "none")
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+"""The empty read-only mapping (a record's absent ``attrs``, ``roles``, ``extra`` ...)."""
 
 
 def freeze(value: Any) -> Any:
@@ -88,7 +75,7 @@ class Layout:
     """Rows per block (the unit a random read decodes); divides ``chunk_rows``."""
     blocksums: str | None = None
     """``"crc32c"`` on Zarr stores that keep block sums (version 3), else None (field absent)."""
-    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     """Fields this version does not know, kept as read."""
 
     def to_json(self) -> dict[str, Any]:
@@ -108,7 +95,7 @@ class LayerSpec:
     """Width (values per row)."""
     dtype: str
     """Activation dtype name (a key of ``DTYPES``)."""
-    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     """Fields this version does not know, kept as read."""
 
     @property
@@ -128,7 +115,7 @@ class RoleSpec:
     """Row-table columns: ``sample``, ``step``, ``position``, then extra integer columns."""
     layers: tuple[LayerSpec, ...]
     """Its layers, in stored order."""
-    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     """Fields this version does not know, kept as read."""
 
     def layer(self, layer: int | str) -> LayerSpec | None:
@@ -156,7 +143,7 @@ class CondSpec:
     """Width."""
     dtype: str
     """Activation dtype name."""
-    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     """Fields this version does not know, kept as read."""
 
     @property
@@ -187,7 +174,7 @@ class SamplesSpec:
     """Whether prompt token ids are kept."""
     instruction_mask: bool
     """Whether the instruction mask is kept."""
-    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     """Fields this version does not know, kept as read."""
 
     def arrays(self) -> list[ArraySpec]:
@@ -214,9 +201,9 @@ class Commit:
     """Commits written so far."""
     time: str | None = None
     """ISO-8601 UTC time of the commit (None before the first)."""
-    roles: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    roles: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     """Committed rows per role."""
-    conds: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    conds: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     """Committed rows per conditioning array."""
     samples: int = 0
     """Committed rows of the samples table."""
@@ -228,7 +215,7 @@ class Commit:
     """Valid per-chunk statistics rows per role (``rowstats/{role}``; None: field absent)."""
     row_stats_crc32c: Mapping[str, tuple[int, ...]] | None = None
     """Per role, the crc32c of each statistics chunk over full row-table chunks (None: field absent)."""
-    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     """Fields this version does not know, kept as read (a merged multi-part view keeps ``parts`` here)."""
 
     def rows(self, key: str) -> int:
@@ -282,7 +269,7 @@ class Record:
     """The last commit."""
     parts: int | None = None
     """Number of parts of a multi-part store's root (None: a single store)."""
-    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     """Top-level fields this version does not know, kept as read."""
 
     # ------------------------------------------------------------------------------------------ building
@@ -290,13 +277,15 @@ class Record:
     def new(cls, attrs: Mapping[str, Any], layout: Layout, library: str, *, parts: int | None = None) -> Record:
         """The record of an empty store, unsealed: a valid version-1 record until :meth:`seal` stamps it with the
         current version and its checksum (what every write of the record does)."""
-        return cls(1, now_iso(), library, freeze(dict(attrs)), layout, _EMPTY, _EMPTY, None, Commit(), parts)
+        return cls(1, now_iso(), library, freeze(dict(attrs)), layout, EMPTY, EMPTY, None, Commit(), parts)
 
     @classmethod
     def parse(cls, obj: object, path: str) -> Record:
         """Check a parsed JSON record against the schema and its checksum and return it typed, or raise
         ``CorruptStoreError`` naming what is malformed (``FormatVersionError`` for a newer version)."""
-        return _parse(obj, str(path))
+        from ._parse import parse_record  # the parser builds records: it imports this module
+
+        return parse_record(obj, str(path))
 
     def with_spec(self, kind: str, name: str, spec: Spec) -> Record:
         """This record with a role / cond (by ``name``) or the samples table declared."""
@@ -350,176 +339,3 @@ class Record:
     def seal(self) -> dict[str, Any]:
         """The JSON form as it is written: ``format_version`` set to ``FORMAT_VERSION`` and ``checksum`` last."""
         return seal_metadata(self.to_json())
-
-
-# -------------------------------------------------------------------------------------------- the parser
-
-
-def _fail(path: str, msg: str) -> CorruptStoreError:
-    return CorruptStoreError(f"malformed actstore metadata in {path}: {msg}")
-
-
-def _expect(cond: bool, path: str, msg: str) -> None:
-    if not cond:
-        raise _fail(path, msg)
-
-
-def _is_count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def _extra(obj: Mapping[str, Any], known: tuple[str, ...]) -> Mapping[str, Any]:
-    rest = {k: v for k, v in obj.items() if k not in known}
-    return freeze(rest) if rest else _EMPTY
-
-
-def _check_name_in(name: object, what: str, path: str) -> None:
-    try:
-        check_name(name, what)
-    except InvalidNameError as exc:
-        raise _fail(path, str(exc)) from None
-
-
-def _check_width_entry(entry: object, path: str, what: str) -> None:
-    _expect(isinstance(entry, dict), path, f"{what} must be an object")
-    assert isinstance(entry, dict)
-    _expect(_is_count(entry.get("d")) and 0 < entry["d"] <= _MAX_WIDTH, path, f"{what} d must be in 1..{_MAX_WIDTH}")
-    _expect(isinstance(entry.get("dtype"), str) and entry["dtype"] in DTYPES, path,
-            f"{what} dtype must be one of {list(DTYPES)}")
-
-
-def _check_checksum(meta: dict[str, Any], version: int, path: str) -> None:
-    """Version >= 2 needs a checksum; any record that carries one (a flipped version digit included) is checked."""
-    if CHECKSUM_FIELD not in meta:
-        _expect(version < 2, path, f"format_version {version} requires a {CHECKSUM_FIELD!r} field; it is missing "
-                                   "(the record was damaged or written by a foreign tool)")
-        return
-    got = meta[CHECKSUM_FIELD]
-    _expect(isinstance(got, str) and got.startswith("sha256:"), path,
-            f"{CHECKSUM_FIELD} must be a string 'sha256:<hex>', got {got!r}")
-    try:
-        want = record_checksum(meta)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise _fail(path, f"the record cannot be canonicalised for its checksum: {exc}") from None
-    _expect(got == want, path, f"checksum mismatch (stored {got}, computed {want}): the record (schema, layout or "
-                               "commit) was changed or damaged after it was written; nothing in it can be trusted")
-
-
-def _parse(meta: object, path: str) -> Record:
-    _expect(isinstance(meta, dict), path, f"expected a JSON object, got {type(meta).__name__}")
-    assert isinstance(meta, dict)
-    version = meta.get("format_version")
-    _expect(_is_count(version), path, f"format_version must be a non-negative int, got {version!r}")
-    assert isinstance(version, int)
-    if version > FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{path} has format_version {version}; this actstore reads versions up to {FORMAT_VERSION}: upgrade actstore"
-        )
-    for key, typ in (("attrs", dict), ("layout", dict), ("roles", dict), ("conds", dict), ("commit", dict)):
-        _expect(isinstance(meta.get(key), typ), path, f"{key!r} must be a JSON {typ.__name__}")
-    for key in ("created", "library"):
-        _expect(meta.get(key) is None or isinstance(meta[key], str), path, f"{key} must be a string")
-    layout = _parse_layout(meta["layout"], path)
-    roles = {role: _parse_role(role, spec, path) for role, spec in meta["roles"].items()}
-    conds = {}
-    for name, spec in meta["conds"].items():
-        _check_name_in(name, "cond", path)
-        _check_width_entry(spec, path, f"cond {name!r}")
-        conds[name] = CondSpec(spec["d"], spec["dtype"], _extra(spec, ("d", "dtype")))
-    parts = meta.get("parts")
-    _expect(parts is None or (_is_count(parts) and 0 < parts <= _MAX_PARTS), path, "parts must be a positive int")
-    samples = _parse_samples(meta.get("samples"), path)
-    commit = _parse_commit(meta["commit"], roles, conds, path)
-    _check_checksum(meta, version, path)  # after the schema: a hand-edited record is told what is malformed first
-    known = ("format_version", "attrs", "layout", "roles", "conds", "samples", "commit", CHECKSUM_FIELD) + tuple(
-        k for k in ("created", "library", "parts") if meta.get(k) is not None)  # an explicit null stays in extra
-    return Record(version, meta.get("created"), meta.get("library"), freeze(meta["attrs"]), layout,
-                  freeze(roles), freeze(conds), samples, commit, parts, _extra(meta, known))
-
-
-def _parse_layout(layout: dict[str, Any], path: str) -> Layout:
-    _expect(layout.get("codec") in _CODECS, path, f"unknown codec {layout.get('codec')!r}")
-    for key in ("chunk_rows", "block_rows"):
-        _expect(_is_count(layout.get(key)) and 0 < layout[key] <= _MAX_ROWS, path, f"layout.{key} must be in 1..{_MAX_ROWS}")
-    _expect(layout["chunk_rows"] % layout["block_rows"] == 0, path, "block_rows must divide chunk_rows")
-    _expect(layout.get("blocksums") in (None, "crc32c"), path,
-            f"layout.blocksums must be 'crc32c' or absent, got {layout.get('blocksums')!r}")
-    known = ("codec", "chunk_rows", "block_rows") + (("blocksums",) if layout.get("blocksums") is not None else ())
-    return Layout(layout["codec"], layout["chunk_rows"], layout["block_rows"], layout.get("blocksums"),
-                  _extra(layout, known))
-
-
-def _parse_role(role: str, spec: object, path: str) -> RoleSpec:
-    _check_name_in(role, "role", path)
-    _expect(isinstance(spec, dict), path, f"role {role!r} must be an object")
-    assert isinstance(spec, dict)
-    cols = spec.get("columns")
-    _expect(isinstance(cols, list) and cols[:3] == list(ROW_COLUMNS) and all(isinstance(c, str) for c in cols), path,
-            f"role {role!r} columns must start with {list(ROW_COLUMNS)}")
-    for c in cols:
-        _check_name_in(c, "column", path)
-    layers = spec.get("layers")
-    _expect(isinstance(layers, list), path, f"role {role!r} layers must be a list")
-    entries = []
-    for entry in layers:
-        _check_width_entry(entry, path, f"role {role!r} layer")
-        _check_name_in(entry.get("layer"), "layer", path)
-        entries.append(LayerSpec(entry["layer"], entry["d"], entry["dtype"], _extra(entry, ("layer", "d", "dtype"))))
-    return RoleSpec(tuple(cols), tuple(entries), _extra(spec, ("columns", "layers")))
-
-
-def _parse_samples(samples: object, path: str) -> SamplesSpec | None:
-    if samples is None:
-        return None
-    _expect(isinstance(samples, dict), path, "samples must be an object or null")
-    assert isinstance(samples, dict)
-    cols = samples.get("columns")
-    _expect(isinstance(cols, list) and cols[:1] == ["sample"], path, "samples.columns must start with 'sample'")
-    for c in cols:
-        _check_name_in(c, "column", path)
-    for key in ("prompt_len", "prompt_bytes"):
-        val = samples.get(key)
-        _expect(val is None or (_is_count(val) and 0 < val <= _MAX_WIDTH), path,
-                f"samples.{key} must be in 1..{_MAX_WIDTH} or null")
-    for key in ("prompt_ids", "instruction_mask", "prompt"):
-        _expect(isinstance(samples.get(key), bool), path, f"samples.{key} must be a bool")
-    for key, width in (("instruction_mask", "prompt_len"), ("prompt_ids", "prompt_len"), ("prompt", "prompt_bytes")):
-        _expect(not samples[key] or samples.get(width) is not None, path, f"samples.{key} needs samples.{width}")
-    known = ("columns", "prompt_len", "prompt_bytes", "prompt", "prompt_ids", "instruction_mask")
-    return SamplesSpec(tuple(cols), samples.get("prompt_len"), samples.get("prompt_bytes"), samples["prompt"],
-                       samples["prompt_ids"], samples["instruction_mask"], _extra(samples, known))
-
-
-def _parse_commit(commit: dict[str, Any], roles: Mapping[str, RoleSpec], conds: Mapping[str, CondSpec],
-                  path: str) -> Commit:
-    _expect(_is_count(commit.get("seq")), path, "commit.seq must be a non-negative int")
-    for key, names in (("roles", roles), ("conds", conds)):
-        counts = commit.get(key)
-        _expect(isinstance(counts, dict), path, f"commit.{key} must be an object")
-        for name, n in counts.items():
-            _expect(name in names, path, f"commit.{key} names {name!r}, which the metadata does not declare")
-            _expect(_is_count(n) and n <= _MAX_ROWS_TOTAL, path, f"commit.{key}[{name!r}] must be in 0..{_MAX_ROWS_TOTAL}")
-    _expect(_is_count(commit.get("samples")), path, "commit.samples must be a non-negative int")
-    _expect(commit.get("progress") is None or isinstance(commit["progress"], dict), path, "commit.progress")
-    _expect(commit.get("time") is None or isinstance(commit["time"], str), path, "commit.time must be a string or null")
-    nonfinite = commit.get("nonfinite", {})
-    _expect(isinstance(nonfinite, dict) and all(isinstance(k, str) and _is_count(v) for k, v in nonfinite.items()),
-            path, "commit.nonfinite must map array names to counts")
-    for key in ("row_stats", "row_stats_crc32c"):
-        got = commit.get(key, {})
-        _expect(isinstance(got, dict) and all(k in roles for k in got), path,
-                f"commit.{key} must map declared roles to values")
-    for role, n in commit.get("row_stats", {}).items():
-        _expect(_is_count(n), path, f"commit.row_stats[{role!r}] must be a non-negative int")
-    for role, crcs in commit.get("row_stats_crc32c", {}).items():
-        _expect(isinstance(crcs, list) and all(_is_count(c) and c < 2**32 for c in crcs), path,
-                f"commit.row_stats_crc32c[{role!r}] must be a list of crc32c values")
-    known = ("seq", "time", "roles", "conds", "samples", "progress", "nonfinite", "row_stats", "row_stats_crc32c")
-    return Commit(
-        commit["seq"], commit.get("time"), freeze(commit["roles"]), freeze(commit["conds"]), commit["samples"],
-        freeze(commit.get("progress")),
-        None if "nonfinite" not in commit else freeze(nonfinite),
-        None if "row_stats" not in commit else freeze(commit["row_stats"]),
-        freeze(commit.get("row_stats_crc32c")),
-        _extra(commit, known),
-    )

@@ -101,3 +101,14 @@ def test_decode_holding_the_gil_equals_the_pool_decode(name: str) -> None:
     bad[-4:] = _codec.crc32c(bytes(bad[:-4]))
     with pytest.raises(CorruptStoreError, match="cannot decode"):
         codec.decode(bytes(bad), b, hold_gil=True)
+
+
+def test_raw_decode_holding_the_gil_copies_exactly() -> None:
+    """Codec none, small reads: the bytes read into a bytearray are copied with libc's memmove keeping the GIL."""
+    rows = np.random.default_rng(4).integers(0, 2**16, size=(64, 40), dtype=np.uint16)
+    codec = BlockCodec("none", np.dtype("<u2"))
+    out = np.empty_like(rows)
+    codec.decode(bytearray(codec.encode(rows)), out, hold_gil=True)  # writable: the memmove path
+    assert np.array_equal(out, rows)
+    with pytest.raises(CorruptStoreError, match="decodes to"):
+        codec.decode(bytearray(codec.encode(rows[:63])), out, hold_gil=True)  # one row short: refused, not copied

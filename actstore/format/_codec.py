@@ -8,6 +8,7 @@ whose codecs are ``[sharding_indexed(chunk_shape=[block_rows, d], codecs=[bytes,
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import crc32c as _crc
@@ -36,8 +37,6 @@ def crc32c(data: Buffer | np.ndarray, *, hold_gil: bool = False) -> bytes:
 def _blosc_holding_gil() -> Any:
     """c-blosc's ``blosc_decompress_ctx`` from numcodecs' own extension, called through ``ctypes.PyDLL`` (which,
     unlike ``CDLL``, keeps the GIL); None where the symbol is not exported."""
-    import ctypes
-
     try:
         fn = ctypes.PyDLL(numcodecs.blosc.__file__).blosc_decompress_ctx  # type: ignore[attr-defined]
     except (OSError, AttributeError):
@@ -48,6 +47,10 @@ def _blosc_holding_gil() -> Any:
 
 
 _DECOMPRESS_HOLDING_GIL = _blosc_holding_gil()
+_MEMMOVE = ctypes.PyDLL(None).memmove
+"""libc's ``memmove`` through ``ctypes.PyDLL``: a copy that keeps the GIL (``ctypes.memmove`` releases it)."""
+_MEMMOVE.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+_MEMMOVE.restype = ctypes.c_void_p
 
 
 class BlockCodec:
@@ -100,7 +103,10 @@ class BlockCodec:
             )
         try:
             if self._blosc is None:
-                out.reshape(-1).view(np.uint8)[:] = np.frombuffer(view, dtype=np.uint8)
+                if hold_gil and not view.readonly and out.flags.c_contiguous:  # numpy's copy would release the GIL
+                    _MEMMOVE(out.ctypes.data, ctypes.addressof((ctypes.c_char * len(view)).from_buffer(view)), len(view))
+                else:
+                    out.reshape(-1).view(np.uint8)[:] = np.frombuffer(view, dtype=np.uint8)
             elif hold_gil and _DECOMPRESS_HOLDING_GIL is not None and out.flags.c_contiguous:
                 got = _DECOMPRESS_HOLDING_GIL(bytes(view), out.ctypes.data, out.nbytes, 1)
                 if got != out.nbytes:

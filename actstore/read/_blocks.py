@@ -97,6 +97,8 @@ class ArrayReader:
         n_rows: int,
         cache: BlockCache,
         sums: BlockSums | None = None,
+        *,
+        stable_reads: bool = False,
     ) -> None:
         self.backend = backend
         self.key = key
@@ -108,6 +110,9 @@ class ArrayReader:
         self.per_chunk = chunk_rows // block_rows
         self.n_rows = n_rows
         self.cache = cache
+        self.stable_reads = stable_reads
+        """Whether small reads of full, committed chunks may come from files the backend keeps open (a store's
+        readers; not the writer's read-back, which rewrites chunks it read)."""
         self.sums = sums
         """The block sums each decoded block is checked against (None: a store written without them)."""
         block_bytes = block_rows * width * self.dtype.itemsize
@@ -147,8 +152,13 @@ class ArrayReader:
         raise self.sums.mismatch(block, self._where(block))
 
     def _fetch_block(self, block: int, out: np.ndarray) -> None:
-        """One block for a small read: decoded holding the GIL (cheaper than handing it over and back)."""
-        blob = self.backend.read_block(self.key, block, self.per_chunk, **self._bound)
+        """One block for a small read: decoded holding the GIL (cheaper than handing it over and back); from a
+        chunk file the backend may keep open when the chunk no longer changes (full, every row committed)."""
+        chunk = block // self.per_chunk
+        if self.stable_reads and (chunk + 1) * self.chunk_rows <= self.n_rows:
+            blob = self.backend.read_stable_block(self.key, block, self.per_chunk, **self._bound)
+        else:
+            blob = self.backend.read_block(self.key, block, self.per_chunk, **self._bound)
         self.decode_block(blob, block, out, hold_gil=True)
 
     def block(self, block: int) -> np.ndarray:
@@ -292,7 +302,7 @@ def open_array(be: Backend, layout: Layout, key: str, width: int, dtype: np.dtyp
     br = layout.block_rows
     codec = BlockCodec(layout.codec, dtype, checksum=be.checksums, block_bytes=br * width * dtype.itemsize)
     sums = BlockSums(be, key, br, n_rows) if layout.blocksums and has_sums(key) else None
-    return ArrayReader(be, key, width, dtype, codec, layout.chunk_rows, br, n_rows, cache, sums)
+    return ArrayReader(be, key, width, dtype, codec, layout.chunk_rows, br, n_rows, cache, sums, stable_reads=True)
 
 
 def open_sums_array(be: Backend, layout: Layout, key: str, n_rows: int) -> ArrayReader:

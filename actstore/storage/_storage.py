@@ -93,6 +93,13 @@ class Backend(ABC):
         caller then reads and decodes)."""
         return None
 
+    def read_stable_block(
+        self, key: str, block: int, n_blocks_per_chunk: int, *, max_bytes: int | None = None
+    ) -> memoryview | bytes | bytearray | None:
+        """Like :meth:`read_block`, for a block of a chunk that no longer changes (full, every row committed): a
+        backend may keep such a chunk open for the next read (default: an ordinary read)."""
+        return self.read_block(key, block, n_blocks_per_chunk, max_bytes=max_bytes)
+
     def check_array_docs(self, record: Record) -> list[tuple[str, str]]:
         """``(array, problem)`` for each array whose own metadata (a Zarr ``zarr.json``, an HDF5 dataset's shape,
         dtype, chunks, filter) disagrees with the record; used by ``verify``."""

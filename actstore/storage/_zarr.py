@@ -29,6 +29,7 @@ from ..format._format import META_KEY
 from ..format._record import Record
 from ._files import StoreFiles, read_into
 from ._lock import FileLock, lock_error
+from ._openchunks import OPEN_CHUNKS, pread_holding_gil
 from ._storage import LOCK_NAME, ROOT_WAIT, Backend, check_block_size
 
 __all__ = ["ZarrBackend", "ZarrDirBackend", "interrupted_create"]
@@ -247,6 +248,7 @@ class ZarrDirBackend(ZarrBackend):
         self._root_lock = root_lock
 
     def close(self) -> None:
+        OPEN_CHUNKS.drop_store(self.path)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -314,12 +316,47 @@ class ZarrDirBackend(ZarrBackend):
         self, key: str, block: int, n_blocks_per_chunk: int, *, max_bytes: int | None = None
     ) -> memoryview | bytes | None:
         chunk, inner = divmod(block, n_blocks_per_chunk)
+        OPEN_CHUNKS.drop((self.path, self._chunk_key(key, chunk)))  # a re-read: not from a file kept open
         with self._open_chunk(key, chunk, n_blocks_per_chunk, max_bytes) as (fd, entries):
             entry = entries[inner]
             if entry is None:
                 return None
             check_block_size(entry[1], max_bytes, n_blocks_per_chunk, inner, f"chunk {chunk} of {key} in {self.path}")
             return os.pread(fd, entry[1], entry[0])
+
+    def read_stable_block(
+        self, key: str, block: int, n_blocks_per_chunk: int, *, max_bytes: int | None = None
+    ) -> memoryview | bytes | bytearray | None:
+        """A block of a chunk that no longer changes, from the chunk file kept open (``_openchunks``): after the
+        first read of the chunk, one ``pread`` that keeps the GIL."""
+        chunk, inner = divmod(block, n_blocks_per_chunk)
+        where = f"chunk {chunk} of {key} in {self.path}"
+        cache_key = (self.path, self._chunk_key(key, chunk))
+        kept = OPEN_CHUNKS.get(cache_key)
+        if kept is None:
+            got = self._files.open(cache_key[1], max_bytes, "a chunk of this array")
+            if got is None:
+                raise CorruptStoreError(f"{where} is missing although the commit record covers it")
+            fd, size = got
+            try:
+                isize = index_size(n_blocks_per_chunk)
+                if size < isize:
+                    raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
+                entries = parse_index(os.pread(fd, isize, size - isize), n_blocks_per_chunk, size - isize, where=where)
+            except BaseException:
+                os.close(fd)
+                raise
+            kept = OPEN_CHUNKS.put(cache_key, fd, entries)
+        fd, entries = kept
+        entry = entries[inner]
+        if entry is None:
+            return None
+        check_block_size(entry[1], max_bytes, n_blocks_per_chunk, inner, where)
+        data = pread_holding_gil(fd, entry[1], entry[0])
+        if len(data) != entry[1]:
+            OPEN_CHUNKS.drop(cache_key)
+            raise CorruptStoreError(f"{where} is truncated: block {inner} has {len(data)} of its {entry[1]} bytes")
+        return data
 
     def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> list[bytes] | None:
         """Read a whole chunk of raw (codec ``none``) blocks straight into ``outs`` with one ``preadv``, no

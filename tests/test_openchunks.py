@@ -92,3 +92,18 @@ def test_a_forked_child_starts_with_no_kept_files(tmp_path: Path) -> None:
     assert os.read(r, 1) == b"1"
     assert OPEN_CHUNKS._lru and torch.equal(store[0, "r"][3], torch.ones(2))  # the parent's files stay open
     store.close()
+
+
+def test_row_statistics_are_never_read_from_kept_files(tmp_path: Path) -> None:
+    """A full chunk of ``rowstats/{role}`` still changes (its last row follows the row table's filling chunk), so
+    only schema arrays' chunks are kept open: a kept stats file would be read stale next to a live writer."""
+    path = tmp_path / "s.zarr"
+    with actstore.create(path, chunk_rows=4, block_rows=2) as w:  # 10 row-table chunks: 3 stats chunks, 2 full
+        w.append("r", rows={"sample": np.arange(40), "step": np.arange(40) % 3, "position": np.zeros(40, int)},
+                 acts={0: torch.ones(40, 2)})
+    with actstore.open(path, cache_bytes=0) as store:
+        sel = store.select(0, "r", step=[1])
+        assert np.array_equal(sel.row_index, np.flatnonzero(np.arange(40) % 3 == 1))
+        store[0, "r"][5]
+        kept = [rel for root, rel in OPEN_CHUNKS._lru if root == str(path)]
+        assert kept and not [rel for rel in kept if not rel.startswith(("acts/", "rows/", "cond/", "samples/"))]

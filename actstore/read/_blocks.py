@@ -302,7 +302,8 @@ def open_array(be: Backend, layout: Layout, key: str, width: int, dtype: np.dtyp
     br = layout.block_rows
     codec = BlockCodec(layout.codec, dtype, checksum=be.checksums, block_bytes=br * width * dtype.itemsize)
     sums = BlockSums(be, key, br, n_rows) if layout.blocksums and has_sums(key) else None
-    return ArrayReader(be, key, width, dtype, codec, layout.chunk_rows, br, n_rows, cache, sums, stable_reads=True)
+    return ArrayReader(be, key, width, dtype, codec, layout.chunk_rows, br, n_rows, cache, sums,
+                       stable_reads=has_sums(key))  # schema arrays: a full chunk never changes (row stats do)
 
 
 def open_sums_array(be: Backend, layout: Layout, key: str, n_rows: int) -> ArrayReader:

@@ -30,6 +30,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from .format._codec import CODECS
     from .format._format import FORMAT_VERSION, NO_STEP
     from .read._reader import ActStore
     from .read._reader import open_store as open  # noqa: A004
@@ -44,12 +45,12 @@ if TYPE_CHECKING:
     from .tools.dashboard import DashboardConfig, write_dashboard
     from .train._loader import ActDataset, ActLoader
     from .train._loader_config import LoaderConfig
-    from .write._config import CODECS, StoreConfig
+    from .write._config import StoreConfig
     from .write._create import create
     from .write._writer import StoreWriter
 
 _LAZY: dict[str, tuple[str, str]] = {
-    "CODECS": (".write._config", "CODECS"),
+    "CODECS": (".format._codec", "CODECS"),
     "StoreConfig": (".write._config", "StoreConfig"),
     "FORMAT_VERSION": (".format._format", "FORMAT_VERSION"),
     "NO_STEP": (".format._format", "NO_STEP"),

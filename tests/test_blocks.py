@@ -63,7 +63,7 @@ def test_concat_reader_matches_concatenation(tmp_path: Path) -> None:
 def _reader(store: ActStore, role: str, layer: int, **change: int) -> ArrayReader:
     """An ArrayReader over a stored array with some of its metadata facts replaced (as a damaged record would)."""
     layout = store.meta["layout"]
-    be = store._be  # noqa: SLF001 - the test builds the reader the store would build from a wrong record
+    be = store.backend  # the test builds the reader the store would build from a wrong record
     width = change.get("width", 32)
     dtype = np.dtype("<u2")
     codec = BlockCodec(layout["codec"], dtype, checksum=be.checksums, block_bytes=int(layout["block_rows"]) * width * 2)

@@ -112,3 +112,17 @@ def test_raw_decode_holding_the_gil_copies_exactly() -> None:
     assert np.array_equal(out, rows)
     with pytest.raises(CorruptStoreError, match="decodes to"):
         codec.decode(bytearray(codec.encode(rows[:63])), out, hold_gil=True)  # one row short: refused, not copied
+
+
+def test_every_codec_choice_is_the_registry() -> None:
+    """The CLIs spell the codec choices as ``Literal`` types (tyro needs them written out): they must be exactly
+    the registry ``actstore.CODECS``."""
+    import typing
+
+    from actstore import __main__ as cli
+    from capture import _cli_config
+
+    assert typing.get_args(_cli_config.Codec) == actstore.CODECS
+    spelled = [typing.get_args(hint)[0] for cls in vars(cli).values() if isinstance(cls, type)
+               for name, hint in typing.get_type_hints(cls).items() if name == "codec"]
+    assert spelled and all(typing.get_args(h) == actstore.CODECS for h in spelled)

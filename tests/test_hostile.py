@@ -137,7 +137,7 @@ def test_commit_of_2_40_rows_is_typed(store: Path, monkeypatch: pytest.MonkeyPat
     from actstore.read._blocks import ArrayReader, BlockCache
 
     with ActStore.open(store) as s:
-        be = s._be  # noqa: SLF001 - the reader a forged record would make
+        be = s.backend  # the reader a forged record would make
         layout = s.meta["layout"]
         r = ArrayReader(be, "rows/decision", 3, np.dtype("<i8"), BlockCodec(layout["codec"], np.dtype("<i8")),
                         layout["chunk_rows"], layout["block_rows"], 2**40, BlockCache(0))

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._errors import CorruptStoreError
 
-__all__ = ["BlockCodec", "join_shard", "shard_parts", "split_shard"]
+__all__ = ["CODECS", "BlockCodec", "join_shard", "shard_parts", "split_shard"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -27,6 +27,8 @@ _BLOSC = {
     "zstd": {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"},
 }
 _SHUFFLE_IDS = {"shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
+CODECS: tuple[str, ...] = (*_BLOSC, "none")
+"""Every codec name: the one registry (blosc settings above, plus ``none``, raw bytes)."""
 
 
 def crc32c(data: Buffer | np.ndarray, *, hold_gil: bool = False) -> bytes:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import CorruptStoreError, FormatVersionError, InvalidNameError
+from ._codec import CODECS
 from ._format import CHECKSUM_FIELD, DTYPES, FORMAT_VERSION, ROW_COLUMNS, check_name, record_checksum
 from ._record import EMPTY, Commit, CondSpec, LayerSpec, Layout, Record, RoleSpec, SamplesSpec, freeze
 
@@ -20,7 +21,6 @@ _MAX_WIDTH = 1 << 20
 _MAX_ROWS_TOTAL = 1 << 40
 """Largest committed row count a reader accepts."""
 _MAX_PARTS = 100_000
-_CODECS = ("lz4", "zstd", "none")
 
 
 # -------------------------------------------------------------------------------------------- the parser
@@ -110,7 +110,7 @@ def parse_record(meta: object, path: str) -> Record:
 
 
 def _parse_layout(layout: dict[str, Any], path: str) -> Layout:
-    _expect(layout.get("codec") in _CODECS, path, f"unknown codec {layout.get('codec')!r}")
+    _expect(layout.get("codec") in CODECS, path, f"unknown codec {layout.get('codec')!r}")
     for key in ("chunk_rows", "block_rows"):
         _expect(_is_count(layout.get(key)) and 0 < layout[key] <= _MAX_ROWS, path, f"layout.{key} must be in 1..{_MAX_ROWS}")
     _expect(layout["chunk_rows"] % layout["block_rows"] == 0, path, "block_rows must divide chunk_rows")

@@ -58,10 +58,10 @@ def to_dask(view: ActView, *, dtype: str = "float32", chunk_rows: int | None = N
     if dtype not in ("float32", "stored"):
         raise SchemaMismatchError(f"unknown dask dtype {dtype!r}; valid choices are ['float32', 'stored']")
     n, d = view.shape
-    step = chunk_rows or view._reader.chunk_rows
-    rows = None if view._rows is None else view.row_index  # a filtered view: its row ids
+    step = chunk_rows or view.reader.chunk_rows
+    rows = view.row_index if view.filtered else None  # a filtered view: its row ids
     read = _ReadRows(view.store.path, view.store.storage_options, view.layer, view.role, rows, dtype)
-    out_dtype = np.float32 if dtype == "float32" else view._reader.dtype
+    out_dtype = np.float32 if dtype == "float32" else view.reader.dtype
     blocks = []
     for lo in range(0, n, step):
         hi = min(n, lo + step)

@@ -43,7 +43,8 @@ class ActStore:
     ``store[layer, role, step]``."""
 
     def __init__(self, backend: Backend, *, cache_bytes: int, storage_options: dict[str, Any] | None = None) -> None:
-        self._be = backend
+        self.backend = backend
+        """The storage backend the store is read through (for ``verify`` and tools; not a stable API)."""
         self.storage_options = storage_options
         self.path = backend.path
         self._cache = BlockCache(cache_bytes)
@@ -71,7 +72,7 @@ class ActStore:
             raise
 
     def _load(self) -> None:
-        record = Record.parse(self._be.read_meta(), self.path)
+        record = Record.parse(self.backend.read_meta(), self.path)
         for be, _ in getattr(self, "_parts", []):
             be.close()
         self._parts: list[tuple[Backend, Record]] = []
@@ -90,7 +91,7 @@ class ActStore:
 
     def refresh(self) -> ActStore:
         """Re-read the commit record to see rows committed since opening (a writer may still be appending)."""
-        self._check_open()
+        self.check_open()
         self._load()
         return self
 
@@ -104,20 +105,21 @@ class ActStore:
             loader.close()
         for be, _ in self._parts:
             be.close()
-        self._be.close()
+        self.backend.close()
         self._cache.clear()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise :class:`~actstore.StoreClosedError` when the store is closed."""
         if self._closed:
             raise StoreClosedError(f"store {self.path} is closed; open it again with actstore.open({str(self.path)!r})")
 
-    def _track(self, loader: Any) -> None:
-        """Remember (weakly) a loader of this store, closed with it."""
-        self._check_open()
+    def register_loader(self, loader: Any) -> None:
+        """Remember (weakly) a loader of this store, to be closed with it."""
+        self.check_open()
         self._loaders.add(loader)
 
     def __enter__(self) -> ActStore:
@@ -161,10 +163,7 @@ class ActStore:
     @property
     def steps(self) -> list[int]:
         """Denoising steps present in any role (``NO_STEP`` rows excluded)."""
-        found: set[int] = set()
-        for role in self.roles:
-            found.update(self.steps_of(role))
-        return sorted(found)
+        return sorted({s for role in self.roles for s in self.steps_of(role)})
 
     def steps_of(self, role: str) -> list[int]:
         """Denoising steps of a role (one pass over its row-table chunks, skipping those of a single step)."""
@@ -211,7 +210,7 @@ class ActStore:
             if self._parts:
                 r = self._concat_reader(key, width, dtype)
             else:
-                r = self._array_reader(self._be, self.record, key, width, dtype, n_rows)
+                r = self._array_reader(self.backend, self.record, key, width, dtype, n_rows)
             self._readers[key] = r
         return r
 
@@ -228,7 +227,7 @@ class ActStore:
         return ConcatReader(readers, width, dtype, self._chunk_rows)
 
     def _read_all(self, key: str, width: int, dtype: np.dtype, n_rows: int) -> np.ndarray:
-        self._check_open()
+        self.check_open()
         return self._reader(key, width, dtype, n_rows).read_range(0, n_rows)
 
     # ------------------------------------------------------------------------------------------ views
@@ -245,7 +244,7 @@ class ActStore:
 
     def view(self, layer: int | str, role: str) -> ActView:
         """All committed rows of ``layer`` for ``role`` (same as ``store[layer, role]``)."""
-        self._check_open()
+        self.check_open()
         entry = self._layer_entry(layer, role)
         reader = self._reader(acts_key(role, str(entry.layer)), entry.d, entry.storage_dtype, self.num_rows(role))
         return ActView(self, entry.layer, role, reader, entry.dtype)
@@ -298,7 +297,7 @@ class ActStore:
     def rows(self, role: str) -> dict[str, np.ndarray]:
         """The role's whole row table: ``sample``, ``step``, ``position`` and any extra columns, as int64 numpy
         (read on first use, 8 bytes per row and column; filters, views and loaders never need it)."""
-        self._check_open()
+        self.check_open()
         cached = self._row_cache.get(role)
         if cached is None:
             cached = self._row_cache[role] = self.index(role).table()
@@ -306,7 +305,7 @@ class ActStore:
 
     def index(self, role: str) -> RowIndex:
         """The role's row table read chunk by chunk, with its per-chunk statistics (:class:`RowIndex`)."""
-        self._check_open()
+        self.check_open()
         found = self._indexes.get(role)
         if found is None:
             cols = list(self._role(role).columns)
@@ -319,7 +318,7 @@ class ActStore:
                 crcs = (commit.row_stats_crc32c or {}).get(role)
                 stats = CheckedStats(role, self._chunk_rows, None if crcs is None else list(crcs),
                                      n // self._chunk_rows, lambda k: self._array_reader(
-                                         self._be, self.record, stats_key(role), 2 * len(cols), np.dtype("<i8"), k,
+                                         self.backend, self.record, stats_key(role), 2 * len(cols), np.dtype("<i8"), k,
                                      ).read_range(0, k), str(self.path))
             found = self._indexes[role] = RowIndex(reader, cols, role, str(self.path), stats)
         return found
@@ -375,7 +374,7 @@ class ActStore:
     def samples(self) -> dict[str, Any]:
         """The per-sample table: ``sample`` and extra int columns, plus ``prompt`` (list of str),
         ``prompt_ids`` and ``instruction_mask`` (bool) where stored."""
-        self._check_open()
+        self.check_open()
         if self._samples_cache is not None:
             return self._samples_cache
         spec = self.record.samples
@@ -476,12 +475,12 @@ class ActStore:
         """The feature group ``name`` written by ``actstore features`` (a :class:`~actstore.FeatureSet`)."""
         from ..tools._features import open_features
 
-        self._check_open()
+        self.check_open()
         return open_features(self, name, verify=verify)
 
     # ------------------------------------------------------------------------------------------ summary
     def stored_bytes(self) -> int:
-        return self._be.stored_bytes()
+        return self.backend.stored_bytes()
 
     def __repr__(self) -> str:
         roles = ", ".join(f"{r}: {self.num_rows(r)} rows" for r in self.roles)

@@ -138,6 +138,12 @@ class ActView:
         chunk, from ``store.select``, O(chunks) memory) or an index array (from :meth:`filter`, any order)."""
         self._label = label
 
+    @property
+    def reader(self) -> ArrayReader:
+        """The array reader behind the view (all committed rows, storage dtype): for loaders and dask, not a
+        stable API."""
+        return self._reader
+
     # --------------------------------------------------------------------------------------- shape
     def __len__(self) -> int:
         if self._rows is None:
@@ -164,6 +170,11 @@ class ActView:
         return self._rows.row_ids() if isinstance(self._rows, Selection) else self._rows
 
     @property
+    def filtered(self) -> bool:
+        """Whether the view holds some of the role's rows (from ``store.select`` or :meth:`filter`), not all."""
+        return self._rows is not None
+
+    @property
     def selection(self) -> Selection | None:
         """The view's rows chunk by chunk (None for an unfiltered view; an index array that is not ascending
         and unique, from :meth:`filter`, has none)."""
@@ -181,7 +192,7 @@ class ActView:
     # -------------------------------------------------------------------------------------- reading
     def numpy(self, key: Any = slice(None)) -> np.ndarray:
         """Like indexing, but returns the storage numpy array (bf16 as uint16 bits)."""
-        self.store._check_open()
+        self.store.check_open()
         key, cols = split_key(key)
         norm = normalize_index(key, len(self))
         if cols is not None:

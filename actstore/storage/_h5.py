@@ -235,7 +235,7 @@ class H5Backend(Backend):
                     continue
                 found = {"rows": ds.shape[0] >= n, "width": ds.shape[1] == spec.width,
                          "dtype": ds.dtype == spec.dtype, "chunks": ds.chunks == (block_rows, spec.width),
-                         "filter": (want_filter is None and not ds._filters) or str(want_filter) in ds._filters,
+                         "filter": _filter_ids(ds) == ([] if want_filter is None else [int(want_filter)]),
                          "checksums": crc is None or crc.shape[0] >= -(-n // block_rows)}
                 for what, ok in found.items():
                     if not ok:
@@ -271,3 +271,9 @@ class H5Backend(Backend):
 
     def stored_bytes(self) -> int:
         return os.path.getsize(self.path)
+
+
+def _filter_ids(ds: Any) -> list[int]:
+    """The HDF5 filter ids of a dataset's pipeline, from its creation property list (h5py's public low-level API)."""
+    plist = ds.id.get_create_plist()
+    return [int(plist.get_filter(i)[0]) for i in range(plist.get_nfilters())]

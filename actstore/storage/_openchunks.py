@@ -85,7 +85,7 @@ class OpenChunks:
         for fd in gone:
             os.close(fd)
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
         """A forked child holds copies of the descriptors: close them and start empty (the parent keeps its own)."""
         self._lock = threading.Lock()
         for fd, _ in self._lru.values():
@@ -95,4 +95,4 @@ class OpenChunks:
 
 
 OPEN_CHUNKS = OpenChunks()
-os.register_at_fork(after_in_child=OPEN_CHUNKS._after_fork)
+os.register_at_fork(after_in_child=OPEN_CHUNKS.after_fork)

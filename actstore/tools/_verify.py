@@ -120,7 +120,7 @@ def _describe(exc: BaseException) -> str:
 class _Verifier:
     def __init__(self, store: ActStore) -> None:
         self.store = store
-        self.be = store._be
+        self.be = store.backend
         self.record = store.record
         self.chunk_rows = self.record.layout.chunk_rows
         self.block_rows = self.record.layout.block_rows

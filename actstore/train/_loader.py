@@ -73,7 +73,7 @@ class _Source:
         self.storage_options = store.storage_options
         self._store: ActStore | None = store
         self._pid = os.getpid()
-        self._readers: list[ArrayReader] | None = [v._reader for v in views]
+        self._readers: list[ArrayReader] | None = [v.reader for v in views]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -84,7 +84,7 @@ class _Source:
     @property
     def store(self) -> ActStore:
         if self._store is not None and self._pid == os.getpid():
-            self._store._check_open()
+            self._store.check_open()
         if self._store is None or self._pid != os.getpid():
             from ..read._reader import ActStore
 
@@ -97,7 +97,7 @@ class _Source:
     def readers(self) -> list[ArrayReader]:
         store = self.store
         if self._readers is None:
-            self._readers = [store.view(x, self.role)._reader for x in self.layers]
+            self._readers = [store.view(x, self.role).reader for x in self.layers]
         return self._readers
 
     @property
@@ -237,7 +237,7 @@ class ActLoader(_Base):
         self._bufs: list[list[np.ndarray]] | None = None
         self._pipes: weakref.WeakSet[Any] = weakref.WeakSet()
         self._closed = False
-        store._track(self)
+        store.register_loader(self)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)

@@ -74,7 +74,7 @@ class ChunkBuffer:
     def fill(self) -> int:
         return self.n_rows % self.chunk_rows
 
-    def _new_buffer(self) -> np.ndarray:
+    def new_buffer(self) -> np.ndarray:
         try:
             return self.free.pop()
         except IndexError:
@@ -109,7 +109,7 @@ class ChunkBuffer:
         n = rows.shape[0]
         while start < n:
             if self.buf is None:
-                self.buf = self._new_buffer()
+                self.buf = self.new_buffer()
                 self.encoded = [None] * self.n_blocks
                 self.flushed_fill = 0
             fill = self.fill
@@ -223,7 +223,7 @@ def load_chunk(be: Backend, array: ChunkBuffer, n_rows: int) -> None:
     chunk, br = n_rows // array.chunk_rows, array.block_rows
     reader = _reader(be, array, n_rows)
     blobs = be.read_chunk(array.key, chunk, array.n_blocks)
-    array.buf = array._new_buffer()
+    array.buf = array.new_buffer()
     array.encoded = [None] * array.n_blocks
     for i in range(-(-fill // br)):
         reader.decode_block(blobs[i], chunk * array.n_blocks + i, array.buf[i * br : (i + 1) * br])

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._errors import ConfigError
+from ..format._codec import CODECS
 
 __all__ = ["CODECS", "NONFINITE", "StoreConfig"]
 
-CODECS: tuple[str, ...] = ("lz4", "zstd", "none")
 """Codec names: ``lz4`` = blosc lz4 + bitshuffle (the default, fast), ``zstd`` = blosc zstd(1) + byte shuffle
 (archives, smaller and about 2x the CPU), ``none`` = raw bytes (fastest, largest). Every codec adds a crc32c."""
 

@@ -52,8 +52,8 @@ class NumpyReader:
 
 def make_plan(n: int, batch_size: int, shuffle: bool = True, seed: int = 3) -> EpochPlan:
     bounds = np.r_[np.arange(0, n, CHUNK), n].astype(np.int64)
-    return plan_epoch(Selection.all(bounds), chunk_rows=CHUNK, batch_size=batch_size, shuffle_chunks=2,
-                      shuffle=shuffle, seed=seed, epoch=1, rank=0, world_size=1, drop_last=False)
+    cfg = LoaderConfig(batch_size=batch_size, shuffle_chunks=2, shuffle=shuffle, seed=seed)
+    return plan_epoch(Selection.all(bounds), cfg, chunk_rows=CHUNK, epoch=1, rank=0, world_size=1)
 
 
 def expected_batches(plan: EpochPlan, buffer_ids: tuple[int, ...]) -> list[np.ndarray]:

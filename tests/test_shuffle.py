@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import actstore
 from actstore.read._rowindex import Selection
+from actstore.train._loader_config import LoaderConfig
 from actstore.train._shuffle import plan_epoch, resume_split
 
 
@@ -23,7 +24,10 @@ def selection(rows: np.ndarray, n: int, cr: int) -> Selection:
 def plans(rows: np.ndarray, world: int, n: int | None = None, **kw: object) -> list:
     n = int(rows.max(initial=-1)) + 1 if n is None else n
     sel = selection(rows, n, kw["chunk_rows"])  # type: ignore[arg-type]
-    return [plan_epoch(sel, rank=r, world_size=world, **kw) for r in range(world)]  # type: ignore[arg-type]
+    cfg = LoaderConfig(batch_size=kw["batch_size"], shuffle_chunks=kw["shuffle_chunks"], shuffle=kw["shuffle"],  # type: ignore[arg-type]
+                       seed=kw["seed"], drop_last=kw["drop_last"])  # type: ignore[arg-type]
+    return [plan_epoch(sel, cfg, chunk_rows=kw["chunk_rows"], epoch=kw["epoch"], rank=r, world_size=world)  # type: ignore[arg-type]
+            for r in range(world)]
 
 
 @settings(max_examples=150, deadline=None)

@@ -168,19 +168,8 @@ class _Base:
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """This rank's plan of an epoch (default: the current one)."""
-        c = self.config
-        return plan_epoch(
-            self._src.selection,
-            chunk_rows=self._src.chunk_rows,
-            batch_size=c.batch_size,
-            shuffle_chunks=c.shuffle_chunks,
-            shuffle=c.shuffle,
-            seed=c.seed,
-            epoch=self.epoch if epoch is None else epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-            drop_last=c.drop_last,
-        )
+        return plan_epoch(self._src.selection, self.config, chunk_rows=self._src.chunk_rows,
+                          epoch=self.epoch if epoch is None else epoch, rank=self.rank, world_size=self.world_size)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank)."""

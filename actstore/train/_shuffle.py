@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..read._rowindex import Selection
+from ._loader_config import LoaderConfig
 
 __all__ = ["EpochPlan", "chunk_order", "plan_epoch", "resume_split"]
 
@@ -136,20 +137,12 @@ def _buffer_starts(n: int, batch_size: int, cap_batches: int, drop_last: bool) -
     return starts
 
 
-def plan_epoch(
-    selection: Selection,
-    *,
-    chunk_rows: int,
-    batch_size: int,
-    shuffle_chunks: int,
-    shuffle: bool,
-    seed: int,
-    epoch: int,
-    rank: int,
-    world_size: int,
-    drop_last: bool,
-) -> EpochPlan:
-    """The plan of one rank for one epoch (see the module docstring)."""
+def plan_epoch(selection: Selection, config: LoaderConfig, *, chunk_rows: int, epoch: int, rank: int,
+               world_size: int) -> EpochPlan:
+    """The plan of one rank for one epoch (see the module docstring): ``config`` whole (its batch size, shuffle
+    buffer, seed, ``shuffle`` and ``drop_last``), the store's ``chunk_rows``, and where in training this is."""
+    batch_size, shuffle_chunks, seed = config.batch_size, config.shuffle_chunks, config.seed
+    shuffle, drop_last = config.shuffle, config.drop_last
     order = chunk_order(selection.chunks.size, seed, epoch, shuffle)
     ends = np.cumsum(selection.counts[order]).astype(np.int64)
     n = int(ends[-1]) if ends.size else 0

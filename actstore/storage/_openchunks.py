@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["OPEN_CHUNKS", "OpenChunks", "pread_holding_gil"]
 
-_LIBC = ctypes.PyDLL(None)
+_LIBC = ctypes.PyDLL(None, use_errno=True)
 _PREAD = _LIBC.pread
 _PREAD.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_longlong]
 _PREAD.restype = ctypes.c_ssize_t

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._errors import CorruptStoreError
 
-__all__ = ["CODECS", "BlockCodec", "join_shard", "shard_parts", "split_shard"]
+__all__ = ["CODECS", "BlockCodec", "crc32c", "crc32c_of", "join_shard", "shard_parts", "split_shard"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -34,6 +34,11 @@ CODECS: tuple[str, ...] = (*_BLOSC, "none")
 def crc32c(data: Buffer | np.ndarray, *, hold_gil: bool = False) -> bytes:
     """The crc32c of ``data`` as 4 little-endian bytes; ``hold_gil`` keeps the GIL (see :meth:`BlockCodec.decode`)."""
     return _crc.crc32c(data, 0, 0 if hold_gil else -1).to_bytes(4, "little")
+
+
+def crc32c_of(rows: np.ndarray) -> int:
+    """The crc32c of an array's raw bytes (C order), as an int: what block sums and row-statistics checksums hold."""
+    return int.from_bytes(crc32c(np.ascontiguousarray(rows).reshape(-1).view(np.uint8)), "little")
 
 
 def _blosc_holding_gil() -> Any:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .._errors import CorruptStoreError
-from ..format._codec import BlockCodec, crc32c
+from ..format._codec import BlockCodec, crc32c_of
 
 if TYPE_CHECKING:
     from ..storage._storage import Backend
@@ -63,11 +63,6 @@ def has_sums(key: str) -> bool:
     """Whether array ``key`` is one of the schema's (activations, row tables, conds, samples), which have block
     sums in a store that keeps them; derived arrays (row statistics, feature passes) have none."""
     return key.split("/", 1)[0] in ("acts", "rows", "cond", "samples")
-
-
-def prefix_crc(rows: np.ndarray) -> int:
-    """crc32c of the raw bytes of the committed rows of a partly committed block."""
-    return int.from_bytes(crc32c(np.ascontiguousarray(rows).reshape(-1).view(np.uint8)), "little")
 
 
 def _read_sums_chunk(be: Backend, key: str, chunk: int) -> np.ndarray:
@@ -109,7 +104,7 @@ class BlockSums:
             return False  # no entry (0 rows), or one that covers fewer rows than are committed
         if rows == self._block_rows:
             return trailing_crc is not None and crc == int.from_bytes(trailing_crc, "little")
-        return crc == prefix_crc(out[:rows])
+        return crc == crc32c_of(out[:rows])
 
     def mismatch(self, block: int, where: str) -> CorruptStoreError:
         crc, rows = self._entry(block, fresh=False)
@@ -149,7 +144,7 @@ class BlockSumsWriter:
                     raise CorruptStoreError(f"internal error: block {b} of {key} was committed but never encoded")
                 entries[b] = (crc, br)
             if n % br:
-                entries[full] = (prefix_crc(self._tail_rows(array, full * br, n, read_back)), n % br)
+                entries[full] = (crc32c_of(self._tail_rows(array, full * br, n, read_back)), n % br)
             self._write(key, entries)
             self._be.set_rows(sums_key(key), -(-n // br))
             self._final[key] = full

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .._errors import CorruptStoreError
-from ..format._codec import crc32c
+from ..format._codec import crc32c_of
 
 __all__ = ["CheckedStats", "chunk_stats", "stats_crcs", "stats_key"]
 
@@ -26,13 +26,9 @@ def chunk_stats(rows_NC: np.ndarray) -> np.ndarray:
     return np.concatenate([rows_NC.min(axis=0), rows_NC.max(axis=0)]).astype(_I8)
 
 
-def _crc(rows: np.ndarray) -> int:
-    return int.from_bytes(crc32c(np.ascontiguousarray(rows, dtype=_I8).reshape(-1).view(np.uint8)), "little")
-
-
 def stats_crcs(stats: np.ndarray, chunk_rows: int) -> list[int]:
     """The crc32c of the rows of each stats chunk (``chunk_rows`` stats rows each, the last one partly filled)."""
-    return [_crc(stats[s : s + chunk_rows]) for s in range(0, len(stats), chunk_rows)]
+    return [crc32c_of(np.asarray(stats[s : s + chunk_rows], dtype=_I8)) for s in range(0, len(stats), chunk_rows)]
 
 
 class CheckedStats:

@@ -292,13 +292,10 @@ class ZarrDirBackend(ZarrBackend):
         finally:
             os.close(got[0])
 
-    @contextlib.contextmanager
-    def _open_chunk(
+    def _open_indexed(
         self, key: str, chunk: int, n_blocks: int, max_bytes: int | None = None
-    ) -> Iterator[tuple[int, list[tuple[int, int] | None]]]:
-        """An open chunk file and its parsed index. Index and blocks are read through this one descriptor: a
-        writer may rename a newer version of the chunk into place meanwhile, and offsets from one version must
-        never be applied to the other."""
+    ) -> tuple[int, list[tuple[int, int] | None]]:
+        """A chunk file opened, and its parsed index; the caller closes the descriptor."""
         where = f"chunk {chunk} of {key} in {self.path}"
         got = self._files.open(self._chunk_key(key, chunk), max_bytes, "a chunk of this array")
         if got is None:
@@ -308,7 +305,21 @@ class ZarrDirBackend(ZarrBackend):
             isize = index_size(n_blocks)
             if size < isize:
                 raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
-            yield fd, parse_index(os.pread(fd, isize, size - isize), n_blocks, size - isize, where=where)
+            return fd, parse_index(os.pread(fd, isize, size - isize), n_blocks, size - isize, where=where)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @contextlib.contextmanager
+    def _open_chunk(
+        self, key: str, chunk: int, n_blocks: int, max_bytes: int | None = None
+    ) -> Iterator[tuple[int, list[tuple[int, int] | None]]]:
+        """An open chunk file and its parsed index. Index and blocks are read through this one descriptor: a
+        writer may rename a newer version of the chunk into place meanwhile, and offsets from one version must
+        never be applied to the other."""
+        fd, entries = self._open_indexed(key, chunk, n_blocks, max_bytes)
+        try:
+            yield fd, entries
         finally:
             os.close(fd)
 
@@ -334,19 +345,7 @@ class ZarrDirBackend(ZarrBackend):
         cache_key = (self.path, self._chunk_key(key, chunk))
         kept = OPEN_CHUNKS.get(cache_key)
         if kept is None:
-            got = self._files.open(cache_key[1], max_bytes, "a chunk of this array")
-            if got is None:
-                raise CorruptStoreError(f"{where} is missing although the commit record covers it")
-            fd, size = got
-            try:
-                isize = index_size(n_blocks_per_chunk)
-                if size < isize:
-                    raise CorruptStoreError(f"{where} is truncated: {size} bytes, shorter than its {isize}-byte index")
-                entries = parse_index(os.pread(fd, isize, size - isize), n_blocks_per_chunk, size - isize, where=where)
-            except BaseException:
-                os.close(fd)
-                raise
-            kept = OPEN_CHUNKS.put(cache_key, fd, entries)
+            kept = OPEN_CHUNKS.put(cache_key, *self._open_indexed(key, chunk, n_blocks_per_chunk, max_bytes))
         fd, entries = kept
         entry = entries[inner]
         if entry is None:

@@ -26,10 +26,10 @@ import contextlib
 import numpy as np
 
 from .._errors import CorruptStoreError
-from ..format._codec import BlockCodec
+from ..format._codec import BlockCodec, crc32c_of
 from ..format._format import rows_key
 from ..format._record import Record, RoleSpec
-from ..read._stats import _crc, chunk_stats, stats_key
+from ..read._stats import chunk_stats, stats_key
 from ..storage._backend import Backend
 from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, read_rows
 
@@ -100,7 +100,7 @@ class RowStatsWriter:
                 want = min(self._chunk_rows, n_full - s * self._chunk_rows)
                 crc = full.get(s) if want == self._chunk_rows else None
                 if crc is None:
-                    crc = _crc(self._stats_chunk(role, s, self._buffer(role))[:want])
+                    crc = crc32c_of(self._stats_chunk(role, s, self._buffer(role))[:want])
                     if want == self._chunk_rows:
                         full[s] = crc
                 crcs.append(crc)

@@ -14,6 +14,11 @@ Measured, all in the same process and on the same data:
 - read (warm page cache): sequential ``v[:]`` and 65536-row slices, single random row latency (fresh
   ``ActStore`` with no block cache, and with the default cache), and a 4096-row random fancy index, against
   ``np.load`` / ``np.memmap`` / ``torch.load`` of the same data.
+- peers (``benchmarks/_peers.py``, on the same rows; ``--smoke``: the first 8192): write GB/s, bytes on disk and
+  random-row p50 of zarr-python with actstore's own shards and codec, h5py + hdf5plugin blosc, safetensors and
+  ``torch.save`` per batch, ``np.memmap`` and (``--saelens-python``) SAELens's cache, beside actstore lz4 and none
+  timed the same way in interleaved rounds, each as a ratio to actstore lz4 (the default codec); a warm-up round
+  checks every peer's round trip bit for bit. JSON: ``peers``.
 
 GB/s are 1e9 raw (uncompressed) bytes of activations per second. Each timing is the median of ``--reps`` runs
 after one warm-up run (the VM's first-touch page faults make a first run much slower); ``spread`` is
@@ -25,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import time
@@ -41,6 +45,8 @@ import tyro
 
 import actstore
 from benchmarks._data_gen import ActProfile, cached_rows, describe
+from benchmarks._peers import BATCH as PEER_BATCH
+from benchmarks._peers import bytes_on_disk, rm, run_section
 
 CHUNK_ROWS = 4096
 """Rows per append and per baseline file (one actstore chunk at the default layout)."""
@@ -99,20 +105,9 @@ def rate(stat: Stat, nbytes: int) -> dict[str, Any]:
     return Stat([nbytes / s / 1e9 for s in stat.values]).as_dict()
 
 
-def _rm(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def acts_bytes(store_path: Path) -> int:
     """Bytes of the activation arrays' chunk files (no metadata, no row tables)."""
-    return sum(_dir_bytes(d / "c") for d in (store_path / "acts").glob("*/*") if (d / "c").exists())
+    return sum(bytes_on_disk(d / "c") for d in (store_path / "acts").glob("*/*") if (d / "c").exists())
 
 
 # ------------------------------------------------------------------------------------------------- write
@@ -159,7 +154,7 @@ def bench_write(work: Path, u16_ND: np.ndarray, reps: int, seq_len: int) -> dict
     out: dict[str, Any] = {"bytes": nbytes, "rows": n, "batch_rows": CHUNK_ROWS}
     for codec in actstore.CODECS:
         path = work / f"store_{codec}.zarr"
-        stat = repeat(lambda p=path, c=codec: write_actstore(p, batches, rows, c), reps, lambda p=path: _rm(p))
+        stat = repeat(lambda p=path, c=codec: write_actstore(p, batches, rows, c), reps, lambda p=path: rm(p))
         out[f"actstore_{codec}"] = rate(stat, nbytes)
         stored = acts_bytes(path)
         with actstore.ActStore.open(path) as store:
@@ -168,7 +163,7 @@ def bench_write(work: Path, u16_ND: np.ndarray, reps: int, seq_len: int) -> dict
                                             store_bytes=store.stored_bytes(), bit_exact=exact)
     for name, fn in (("torch_save", write_torch), ("np_save", write_numpy)):
         path = work / f"files_{name}"
-        stat = repeat(lambda p=path, f=fn: f(p, batches), reps, lambda p=path: _rm(p))
+        stat = repeat(lambda p=path, f=fn: f(p, batches), reps, lambda p=path: rm(p))
         out[name] = rate(stat, nbytes)
     return out
 
@@ -399,7 +394,7 @@ def table(res: dict[str, Any]) -> str:
     row(f"{CHUNK_ROWS} random rows v[idx], rows/s", "fancy", r["fancy_actstore"]["median"], "rows/s",
         r["fancy_actstore"]["spread"], [("memmap[idx]", r["fancy_memmap"]["median"], r["fancy_memmap"]["spread"])])
     exact = res["bit_exact"]
-    lines.append(f"| round trip bit-exact (all codecs, reads, MiniLM) | {'yes' if all(exact.values()) else 'NO'} | - | - "
+    lines.append(f"| round trip bit-exact (all codecs, reads, MiniLM, peers) | {'yes' if all(exact.values()) else 'NO'} | - | - "
                  f"| exact | {'yes' if all(exact.values()) else 'NO'} |")
     return "\n".join(lines)
 
@@ -412,6 +407,7 @@ def main(
     data_dir: Path = Path("benchmarks/_data"),
     reps: int = 3,
     seed: int = 0,
+    saelens_python: str | None = None,
 ) -> dict[str, Any]:
     """Run every measurement once and print the table.
 
@@ -422,6 +418,7 @@ def main(
         data_dir: cache for the generated data and scratch space for the stores (gitignored).
         reps: timed repetitions per measurement (after one warm-up).
         seed: seed of the random row indices.
+        saelens_python: a Python interpreter with sae-lens installed (a separate venv) to time SAELens's cache too.
     """
     t_start = time.perf_counter()
     load_start = os.getloadavg()
@@ -438,7 +435,7 @@ def main(
     npy_path = next(data_dir.glob(f"acts_bf16_n{n_rows}_d{profile.d}_*.npy"))
     gen_s = time.perf_counter() - t0
     work = data_dir / "bench_store"
-    _rm(work)
+    rm(work)
     work.mkdir(parents=True)
     res: dict[str, Any] = {
         "benchmark": "bench_store",
@@ -453,8 +450,11 @@ def main(
         res["write"] = bench_write(work, u16_ND, reps, profile.seq_len)
         res["compression"] = bench_compression(work, 48 if smoke else 10_000, u16_ND)
         res["read"] = bench_read(work, u16_ND, npy_path, reps, 30 if smoke else 200, seed)
+        peer_rows = u16_ND[: 2 * PEER_BATCH] if smoke else u16_ND
+        res["peers"] = run_section(peer_rows, work / "peers", ("write", "rows"), 1 if smoke else reps,
+                                   30 if smoke else 200, seed, saelens_python, npy=None if smoke else npy_path)
     finally:
-        _rm(work)
+        rm(work)
     comp = res["compression"]["minilm"]
     res["bit_exact"] = {
         **{f"write_{c}": res["write"][f"actstore_{c}"]["bit_exact"] for c in actstore.CODECS},
@@ -462,6 +462,7 @@ def main(
         "read_rows": res["read"]["bit_exact_rows"],
         "read_fancy": res["read"]["bit_exact_fancy"],
         **{f"minilm_{c}": comp[c]["bit_exact"] for c in ("lz4", "zstd") if c in comp},
+        "peers": res["peers"]["all_checks_passed"],
     }
     res["total_s"] = time.perf_counter() - t_start
     res["env"]["loadavg_start"] = load_start
@@ -479,9 +480,14 @@ def main(
         f"max |x| {d['max_abs']:.0f}, token norm median {d['token_norm_median']:.0f} (CV {d['token_norm_cv']:.2f}), "
         f"BOS norm {d.get('bos_norm_median', float('nan')):.0f}\n"
     )
-    out.with_suffix(".md").write_text(f"{header}\n{text}\n")
+    pr = res["peers"]
+    peers = (f"Peers on {pr['rows']:,} of these rows, same run ({pr['rounds']} round(s) after a checked warm-up, "
+             f"medians; ratios to actstore lz4, the default codec; every peer round-tripped bit-exact: "
+             f"{'yes' if pr['all_checks_passed'] else 'NO'}):\n\n{pr['table_markdown']}")
+    out.with_suffix(".md").write_text(f"{header}\n{text}\n\n{peers}\n")
     print(header)
     print(text)
+    print(f"\n{peers}")
     print(f"\nJSON: {out}, table: {out.with_suffix('.md')}")
     return res
 

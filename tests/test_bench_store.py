@@ -32,6 +32,17 @@ def test_bench_store_smoke(tmp_path: Path) -> None:
         assert res["write"][f"actstore_{codec}"]["median"] > 0
         assert res["write"][f"actstore_{codec}"]["ratio"] >= 0.99
     assert res["read"]["row_p50_nocache"]["median"] > 0
+    peers = res["peers"]  # every peer on the same rows, in the same run, each round trip checked bit for bit
+    assert {"actstore lz4", "actstore none", "zarr-python, same shards + codec", "h5py + hdf5plugin blosc, same codec",
+            "safetensors per batch", "torch.save per batch", "np.memmap (saev style)"} <= set(peers["systems"])
+    assert peers["all_checks_passed"] and peers["rows"] == 8192
+    for name, m in peers["systems"].items():
+        assert peers["checks"][name] == {"every_row_once": True, "row_exact": True}, name
+        assert m["write_GB_per_s"] > 0 and m["bytes"] > 0 and m["row_p50_ms"] > 0, name
+        assert set(m["vs_actstore_lz4"]) == {"write", "size", "row_p50"}, name
+    assert peers["systems"]["actstore lz4"]["vs_actstore_lz4"] == {"write": 1.0, "size": 1.0, "row_p50": 1.0}
+    assert any(k.startswith("SAELens") for k in peers["skipped"])  # no --saelens-python: skipped with the reason
+    assert "| np.memmap (saev style) |" in proc.stdout and "| random row p50 ms (ratio) |" in proc.stdout
     assert not (tmp_path / "data" / "bench_store").exists()  # scratch stores are removed
 
 

@@ -8,12 +8,19 @@ Baselines: (a) np.memmap random gather of 4096 sorted random rows per batch (the
 of ``.pt`` chunks, 8 chunks concatenated + ``torch.randperm`` (the naive baseline), (c) zarr-python reading 8
 random whole chunks (lz4 + bitshuffle, 4096-row chunks), concatenated and permuted. Data is generated once under
 ``benchmarks/_data/`` (or ``--data``) and reused.
+
+Peers (``benchmarks/_peers.py``), on the same rows in the same run: one shuffled pass over every row (rows/s and
+CPU s per M rows) through zarr-python with actstore's own shards and codec, h5py + hdf5plugin blosc, safetensors and
+``torch.save`` per batch, ``np.memmap`` and (``--saelens-python``) SAELens's cache, beside actstore's loader (lz4 and
+none) timed the same way in ``--peer-rounds`` interleaved rounds, each as a ratio to the actstore lz4 loader; a
+checked warm-up round verifies that every peer delivers every row once, bit-exact. JSON: ``peers``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,10 @@ import numpy as np
 import torch
 
 import actstore
+
+if not __package__:  # run as a script (python benchmarks/bench_loader.py): the repository root holds ``benchmarks``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._peers import run_section  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,10 @@ class BenchConfig:
     """Batches timed per strategy (after one warm-up pass over the data)."""
     sae_steps: int = 6
     """SAE steps timed per mode."""
+    peer_rounds: int = 3
+    """Timed rounds of every peer's shuffled pass (after a checked warm-up round; one with ``smoke``)."""
+    saelens_python: str | None = None
+    """A Python interpreter with sae-lens installed (a separate venv) to time SAELens's cache among the peers."""
 
 
 def gen_rows(rng: np.random.Generator, p: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -239,6 +254,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             print("no CUDA device; skipped")
     res["sae"] = bench_sae(store, batch if not cfg.smoke else 128, 2 if cfg.smoke else cfg.sae_steps, d,
                            d if not cfg.smoke else 2 * d)
+    u16_ND = np.fromfile(paths["raw"], dtype=np.uint16).reshape(n, d)
+    res["peers"] = run_section(u16_ND, root / "peers", ("load",), 1 if cfg.smoke else cfg.peer_rounds, 20, 0,
+                               cfg.saelens_python)
     return res
 
 
@@ -264,16 +282,22 @@ def report(res: dict[str, Any]) -> None:
         print(f"SAE on the GPU (d={res['d']}, {g['d_sae']} latents, k=32) steps/s: in GPU memory "
               f"{g['memory_steps_per_s']:.2f}, from the loader {g['loader_steps_per_s']:.2f} "
               f"(loader cost {100 * g['loader_cost']:.1f}%; {g['loader_steps_per_s'] * res['batch'] / 1e6:.2f} M tokens/s)")
+    p = res["peers"]
+    print(f"\nPeers: one shuffled pass over the same {p['rows']:,} rows in batches of {p['batch']}, {p['rounds']} "
+          f"interleaved round(s) after a checked warm-up, medians; ratios to the actstore lz4 loader timed the same "
+          f"way (every peer delivered every row once, bit-exact: {'yes' if p['all_checks_passed'] else 'NO'})\n")
+    print(p["table_markdown"])
 
 
-def main(cfg: BenchConfig) -> None:
+def main(cfg: BenchConfig) -> dict[str, Any]:
     res = run(cfg)
     report(res)
     if cfg.out:
         Path(cfg.out).write_text(json.dumps(res, indent=1))
+    return res
 
 
 if __name__ == "__main__":
     import tyro
 
-    main(tyro.cli(BenchConfig))
+    sys.exit(0 if main(tyro.cli(BenchConfig))["peers"]["all_checks_passed"] else 1)

@@ -98,7 +98,7 @@ class Export:
     """Replace an existing output."""
     progress: bool = True
     """Show a progress bar."""
-    codec: Literal["lz4", "zstd", "none"] | None = None
+    codec: Literal["lz4", "zstd", "bytesplit", "none"] | None = None
     """Re-encode a store conversion (h5 / zarr) with this codec: none reads fastest, zstd is smallest."""
 
 
@@ -156,7 +156,7 @@ class Shuffle:
     """Seed of the permutation (the same seed gives the same order)."""
     bucket_mb: int = 512
     """Memory for one bucket of the permute pass, in MiB."""
-    codec: Literal["lz4", "zstd", "none"] | None = None
+    codec: Literal["lz4", "zstd", "bytesplit", "none"] | None = None
     """Codec of the destination (default: the source's)."""
     overwrite: bool = False
     """Replace an existing destination (and an unfinished shuffle's work directory)."""

@@ -22,7 +22,7 @@ __all__ = ["CODEC_NAMES", "MODEL_NAMES", "CaptureConfig", "InputConfig", "ModelC
 ModelName = Literal["reference", "transformers-pi0", "openpi", "lerobot", "factory", "hf"]
 MODEL_NAMES: tuple[str, ...] = ModelName.__args__  # type: ignore[attr-defined]
 """``--model`` choices: ``capture.MODELS`` plus ``hf`` (any Hugging Face causal LM, loaded by ``_hf``)."""
-Codec = Literal["lz4", "zstd", "none"]
+Codec = Literal["lz4", "zstd", "bytesplit", "none"]
 CODEC_NAMES: tuple[str, ...] = Codec.__args__  # type: ignore[attr-defined]
 """``--codec`` choices: ``actstore.CODECS``."""
 STORE_SUFFIXES = {".zarr": "zarr", ".h5": "hdf5", ".hdf5": "hdf5"}

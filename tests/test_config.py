@@ -10,7 +10,7 @@ from actstore import StoreConfig
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"codec": "gzip"}, r"valid codecs are \['lz4', 'zstd', 'none'\]"),
+        ({"codec": "gzip"}, r"valid codecs are \['lz4', 'zstd', 'bytesplit', 'none'\]"),
         ({"chunk_rows": 0}, "positive int"),
         ({"chunk_rows": 100, "block_rows": 30}, "must divide"),
         ({"commit_interval_s": -1}, ">= 0"),

@@ -16,6 +16,7 @@ import numcodecs
 import numpy as np
 
 from .._errors import CorruptStoreError
+from . import _bytesplit
 
 __all__ = ["CODECS", "BlockCodec", "crc32c", "crc32c_of", "join_shard", "shard_parts", "split_shard"]
 
@@ -25,6 +26,7 @@ _MISSING = np.uint64(2**64 - 1)
 _BLOSC = {
     "lz4": {"cname": "lz4", "clevel": 9, "shuffle": "bitshuffle"},
     "zstd": {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"},
+    "bytesplit": {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"},  # the frame blosc decodes; see _bytesplit
 }
 _SHUFFLE_IDS = {"shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
 CODECS: tuple[str, ...] = (*_BLOSC, "none")
@@ -70,7 +72,8 @@ class BlockCodec:
         spec = _BLOSC.get(name)
         # zstd finds far more redundancy when blosc hands it the whole block at once (measured: MiniLM bf16 1.27x
         # with blosc's automatic split vs 1.38x+ whole); lz4 keeps blosc's cache-sized split, which is faster.
-        self.blocksize = block_bytes if (name == "zstd" and block_bytes) else 0
+        # bytesplit frames are one blosc block per actstore block.
+        self.blocksize = block_bytes if (name in ("zstd", "bytesplit") and block_bytes) else 0
         self._blosc = (
             None
             if spec is None
@@ -80,10 +83,22 @@ class BlockCodec:
             )
         )
 
-    def encode_parts(self, block: np.ndarray) -> list[Buffer]:
-        """The encoded block as buffers to write back to back (no copy of uncompressed data)."""
+    def encode_parts(self, block: np.ndarray, *, top: list[np.ndarray] | None = None) -> list[Buffer]:
+        """The encoded block as buffers to write back to back (no copy of uncompressed data).
+
+        ``top``: where the codec splits values into byte planes (``bytesplit``), the plane of their most
+        significant bytes is appended to it, for a caller that checks signs or exponents without another pass."""
         raw = np.ascontiguousarray(block)
-        body: Buffer = memoryview(raw).cast("B") if self._blosc is None else self._blosc.encode(raw)
+        body: Buffer
+        if self._blosc is None:
+            body = memoryview(raw).cast("B")
+        elif self.name == "bytesplit" and _bytesplit.splittable(raw):
+            planes = _bytesplit.split(raw)
+            body = _bytesplit.encode(raw, planes)
+            if top is not None:
+                top.append(planes[-1])
+        else:
+            body = self._blosc.encode(raw)
         return [body, crc32c(body)] if self.checksum else [body]
 
     def encode(self, block: np.ndarray) -> bytes:

@@ -19,9 +19,10 @@ import torch
 
 from .._errors import InvalidNameError, SchemaMismatchError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bumped on any change an older reader could misread. Version 2 adds the record's ``checksum``; version 3 the
-block sums (``layout.blocksums``, :mod:`actstore.read._blocksums`). Version-1 and -2 records are still read."""
+block sums (``layout.blocksums``, :mod:`actstore.read._blocksums`); version 4 the ``bytesplit`` codec. Records of
+every earlier version are still read."""
 
 CHECKSUM_FIELD = "checksum"
 """Field of the metadata record holding ``sha256:<hex>`` of the canonical JSON of every other field."""

@@ -92,6 +92,8 @@ def parse_record(meta: object, path: str) -> Record:
     for key in ("created", "library"):
         _expect(meta.get(key) is None or isinstance(meta[key], str), path, f"{key} must be a string")
     layout = _parse_layout(meta["layout"], path)
+    _expect(layout.codec != "bytesplit" or version >= _BYTESPLIT_SINCE or version < 2, path,  # 1: unsealed
+            f"codec 'bytesplit' is format_version {_BYTESPLIT_SINCE} or later; the record says {version}")
     roles = {role: _parse_role(role, spec, path) for role, spec in meta["roles"].items()}
     conds = {}
     for name, spec in meta["conds"].items():
@@ -107,6 +109,10 @@ def parse_record(meta: object, path: str) -> Record:
         k for k in ("created", "library", "parts") if meta.get(k) is not None)  # an explicit null stays in extra
     return Record(version, meta.get("created"), meta.get("library"), freeze(meta["attrs"]), layout,
                   freeze(roles), freeze(conds), samples, commit, parts, _extra(meta, known))
+
+
+_BYTESPLIT_SINCE = 4
+"""The format version that introduced the ``bytesplit`` codec."""
 
 
 def _parse_layout(layout: dict[str, Any], path: str) -> Layout:

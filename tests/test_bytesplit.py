@@ -129,3 +129,14 @@ def test_an_older_sealed_record_cannot_name_bytesplit(tmp_path: Path) -> None:
     meta["checksum"] = record_checksum(meta)
     with pytest.raises(CorruptStoreError, match="'bytesplit' is format_version 4 or later; the record says 3"):
         Record.parse(meta, "s.zarr")
+
+
+def test_nonfinite_counted_through_the_top_plane(tmp_path: Path) -> None:
+    """The writer counts NaN/Inf from the plane the encoder made: the commit holds the same count as torch's."""
+    x = torch.from_numpy(_activations(600, 64, seed=5).view(np.int16)).view(torch.bfloat16).clone()
+    x[3, 7], x[299, 0], x[599, 63], x[450, 10] = float("nan"), float("inf"), -float("inf"), 3.0e38  # 3.0e38 finite
+    with actstore.create(tmp_path / "s.zarr", codec="bytesplit", chunk_rows=256) as w:
+        w.append("r", rows={"sample": np.arange(600), "step": np.zeros(600, int), "position": np.zeros(600, int)},
+                 acts={0: x})
+    with actstore.ActStore.open(tmp_path / "s.zarr") as store:
+        assert dict(store.record.commit.nonfinite) == {"acts/r/0": int((~torch.isfinite(x.float())).sum())} == {"acts/r/0": 3}

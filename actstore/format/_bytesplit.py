@@ -69,10 +69,10 @@ def splittable(block: np.ndarray) -> bool:
     return block.dtype.itemsize in _UINT and block.size >= MIN_VALUES and block.nbytes < 2**31 - 1024
 
 
-def encode(block: np.ndarray, planes: list[np.ndarray] | None = None) -> bytes:
-    """``block`` (C-contiguous values of 2, 4 or 8 bytes, at least :data:`MIN_VALUES`) as one blosc frame;
-    ``planes``: its byte planes when the caller already split it (:func:`split`)."""
-    planes = split(block) if planes is None else planes
+def encode(block: np.ndarray) -> bytes:
+    """``block`` (C-contiguous values of 2, 4 or 8 bytes, at least :data:`MIN_VALUES`: :func:`splittable`) as one
+    blosc frame."""
+    planes = split(block)
     size, nbytes = block.dtype.itemsize, block.nbytes
     comp = _compressor()
     body: list[bytes | memoryview] = []

@@ -83,20 +83,14 @@ class BlockCodec:
             )
         )
 
-    def encode_parts(self, block: np.ndarray, *, top: list[np.ndarray] | None = None) -> list[Buffer]:
-        """The encoded block as buffers to write back to back (no copy of uncompressed data).
-
-        ``top``: where the codec splits values into byte planes (``bytesplit``), the plane of their most
-        significant bytes is appended to it, for a caller that checks signs or exponents without another pass."""
+    def encode_parts(self, block: np.ndarray) -> list[Buffer]:
+        """The encoded block as buffers to write back to back (no copy of uncompressed data)."""
         raw = np.ascontiguousarray(block)
         body: Buffer
         if self._blosc is None:
             body = memoryview(raw).cast("B")
         elif self.name == "bytesplit" and _bytesplit.splittable(raw):
-            planes = _bytesplit.split(raw)
-            body = _bytesplit.encode(raw, planes)
-            if top is not None:
-                top.append(planes[-1])
+            body = _bytesplit.encode(raw)
         else:
             body = self._blosc.encode(raw)
         return [body, crc32c(body)] if self.checksum else [body]

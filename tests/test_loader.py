@@ -274,3 +274,26 @@ def test_exit_with_a_live_iterator_is_clean(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0 and "terminate" not in err, (body, proc.returncode, err[-2000:])
         assert out.strip() == "ok"
+
+
+def test_batch_memory_is_recycled_only_once_nothing_refers_to_it(store: ActStore) -> None:
+    """Default batches reuse the memory of batches the caller let go of, never of one still referred to: a view,
+    a numpy array or a slice kept from a batch keeps its values while many more batches go by."""
+    truth = store[3, "decision"][:]
+    loader = store.loader(3, "decision", batch_size=64, shuffle=False)
+    kept_view, kept_np, kept_slice, seen = None, None, None, set()
+    for k, batch in enumerate(loader):
+        seen.add(batch.untyped_storage().data_ptr())
+        if k == 1:
+            kept_view = batch.view(torch.int16)
+        elif k == 2:
+            kept_np = batch.float().numpy()  # a copy: the batch itself is dropped
+            kept_raw = batch.view(torch.int16).numpy()
+        elif k == 3:
+            kept_slice = batch[5:9]
+        del batch
+    assert kept_view is not None and kept_slice is not None and kept_np is not None
+    assert torch.equal(kept_view, truth[64:128].view(torch.int16))
+    assert np.array_equal(kept_raw, truth[128:192].view(torch.int16).numpy())
+    assert torch.equal(kept_slice, truth[197:201])
+    assert len(seen) < -(-truth.shape[0] // 64)  # memory of dropped batches was handed out again

@@ -19,6 +19,7 @@ def test_bench_codec_smoke(tmp_path: Path) -> None:
     got = json.loads(out.read_text())
     table = got["codecs"]["synthetic"]
     assert set(table) == set(actstore.CODECS) == set(got["nonfinite_chunks"])
+    assert all(0 < r["check_share"] < 1 for r in got["nonfinite_chunks"].values())
     assert table["lz4"]["vs_lz4"] == {"ratio": 1.0, "encode_GB_s": 1.0, "decode_GB_s": 1.0}
     assert table["none"]["ratio"] < 1.0 < table["lz4"]["ratio"] < table["bytesplit"]["ratio"]
     assert all(r["encode_GB_s"] > 0 and r["decode_GB_s"] > 0 for r in table.values())

@@ -28,7 +28,7 @@ def test_bench_store_smoke(tmp_path: Path) -> None:
         assert metric in proc.stdout
     res = json.loads(out.read_text())
     assert all(res["bit_exact"].values())
-    for codec in ("lz4", "zstd", "none"):
+    for codec in ("lz4", "zstd", "bytesplit", "none"):
         assert res["write"][f"actstore_{codec}"]["median"] > 0
         assert res["write"][f"actstore_{codec}"]["ratio"] >= 0.99
     assert res["read"]["row_p50_nocache"]["median"] > 0

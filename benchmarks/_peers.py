@@ -427,11 +427,12 @@ def summarise(per_round: dict[str, list[dict[str, Any]]], raw_bytes: int) -> dic
     base = out["actstore lz4"]
     for med in out.values():
         r = med["vs_actstore_lz4"] = {}
-        if "write_s" in med:
+        # a ratio only where the base measured it too (SAELens' runner always times its loader, for one)
+        if "write_s" in med and "write_s" in base:
             r.update(write=base["write_s"] / med["write_s"], size=med["ratio"] / base["ratio"])
-        if "rows_per_s" in med:
+        if "rows_per_s" in med and "rows_per_s" in base:
             r.update(loader=med["rows_per_s"] / base["rows_per_s"], cpu=med["cpu_s_per_M_rows"] / base["cpu_s_per_M_rows"])
-        if "row_p50_ms" in med:
+        if "row_p50_ms" in med and "row_p50_ms" in base:
             r["row_p50"] = med["row_p50_ms"] / base["row_p50_ms"]
     return out
 

@@ -6,7 +6,7 @@
 The base revision is checked out into a temporary git worktree; each measurement runs in a fresh interpreter whose
 ``PYTHONPATH`` puts that tree first, so both sides use only ``actstore.create`` / ``actstore.open`` / ``view[:]``
 / ``view[i]`` / ``store.loader`` (the public API both revisions share). Per round and side: write the store
-(lz4, the default), read it whole, read 200 random single rows (p50, no cache) and run one shuffled loader
+(``--codec``, default lz4), read it whole, read 200 random single rows (p50, no cache) and run one shuffled loader
 epoch; the side that goes first alternates by round. Reported: medians and after / before ratios.
 """
 
@@ -28,11 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 _WORKLOAD = r"""
 import json, statistics, sys, time
 import numpy as np, torch, actstore
-path, n_rows, d = sys.argv[1], int(sys.argv[2]), 2048
+path, n_rows, codec, d = sys.argv[1], int(sys.argv[2]), sys.argv[3], 2048
 rows = (np.random.default_rng(0).standard_normal((n_rows, d), dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
 acts = torch.from_numpy(rows).view(torch.bfloat16)
 t0 = time.perf_counter()
-with actstore.create(path, overwrite=True) as w:
+with actstore.create(path, overwrite=True, codec=codec) as w:
     for lo in range(0, n_rows, 1024):
         n = min(1024, n_rows - lo)
         w.append("decision", rows={"sample": np.arange(lo, lo + n) // 100, "step": np.zeros(n, np.int64),
@@ -53,8 +53,8 @@ print(json.dumps(out))
 """
 
 
-def _measure(tree: Path, store: Path, n_rows: int) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-c", _WORKLOAD, str(store), str(n_rows)], capture_output=True, text=True,
+def _measure(tree: Path, store: Path, n_rows: int, codec: str) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", _WORKLOAD, str(store), str(n_rows), codec], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(tree)},
                           cwd=tree, timeout=1200)
     if proc.returncode != 0:
@@ -62,7 +62,8 @@ def _measure(tree: Path, store: Path, n_rows: int) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(base: str, smoke: bool = False, size_mib: int = 128, rounds: int = 5, out: Path | None = None) -> dict[str, Any]:
+def main(base: str, smoke: bool = False, size_mib: int = 128, rounds: int = 5, codec: str = "lz4",
+         out: Path | None = None) -> dict[str, Any]:
     """Time the workload under ``base`` (a git revision) and under the working tree.
 
     Args:
@@ -70,6 +71,7 @@ def main(base: str, smoke: bool = False, size_mib: int = 128, rounds: int = 5, o
         smoke: tiny sizes, finishes in seconds.
         size_mib: store size (bf16 rows of d=2048).
         rounds: interleaved rounds (median reported).
+        codec: the store's codec (one both revisions know).
         out: write the results as JSON here.
     """
     if smoke:
@@ -84,13 +86,14 @@ def main(base: str, smoke: bool = False, size_mib: int = 128, rounds: int = 5, o
             trees = {"before": before, "after": REPO}
             for i in range(rounds):
                 for side in ("before", "after") if i % 2 == 0 else ("after", "before"):
-                    runs[side].append(_measure(trees[side], Path(tmp) / f"{side}.zarr", n_rows))
+                    runs[side].append(_measure(trees[side], Path(tmp) / f"{side}.zarr", n_rows, codec))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, check=False)
     med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
     ratio = {k: med["after"][k] / med["before"][k] for k in med["after"]}
-    res = {"base": rev.stdout.strip(), "rows": n_rows, "rounds": rounds, "runs": runs, "median": med, "ratio": ratio}
-    print(f"# before ({res['base']}) vs after (working tree), {size_mib} MiB bf16 d=2048, {rounds} rounds\n")
+    res = {"base": rev.stdout.strip(), "rows": n_rows, "rounds": rounds, "codec": codec, "runs": runs, "median": med,
+           "ratio": ratio}
+    print(f"# before ({res['base']}) vs after (working tree), {size_mib} MiB bf16 d=2048, codec {codec}, {rounds} rounds\n")
     print("| measure | before | after | after / before |")
     print("|---|---|---|---|")
     for k, v in ratio.items():

@@ -10,8 +10,9 @@ Data: the synthetic residual stream of ``benchmarks/_data_gen.py`` and, when ``g
 the bf16 hidden states of every layer of all-MiniLM-L6-v2 (``benchmarks._reference_codecs.minilm_hidden_states``).
 
 NaN/Inf accounting (``StoreConfig.nonfinite``): counting (``count``) against not counting (``allow``), two ways in
-the same run (three times the rounds, the fastest of each: the difference is a few percent): the writer thread's own work (the copy into chunk buffers, where rows are checked while in cache, and
-the encode; ``ChunkBuffer`` / ``encode_chunk``), and end to end, the same rows written through ``actstore.create``.
+the same run (three times the rounds, the fastest of each: the difference is a few percent): the work of the
+writer's copy into chunk buffers and of its encode jobs, where each block is counted right before it is encoded
+(``ChunkBuffer`` / ``encode_chunk``, one thread), and end to end, the same rows written through ``actstore.create``.
 """
 
 from __future__ import annotations
@@ -104,10 +105,11 @@ def bench_codecs(rows: np.ndarray, rounds: int) -> dict[str, Any]:
 
 @contextmanager
 def _timed_checks() -> Iterator[list[float]]:
-    """Seconds spent inside the writer's NaN/Inf checks (``_chunks.maybe_nonfinite`` / ``count_nonfinite``, the
-    outermost call only) while the block runs: the checks' own share, measured where they run."""
+    """Seconds spent inside the writer's NaN/Inf count (``_chunks.count_nonfinite``, and ``maybe_nonfinite``
+    where a revision has it; the outermost call only) while the block runs: its own share, measured where it
+    runs."""
     spent, depth = [0.0], [0]
-    originals = {name: getattr(_chunks, name) for name in ("maybe_nonfinite", "count_nonfinite")}
+    originals = {name: getattr(_chunks, name) for name in ("maybe_nonfinite", "count_nonfinite") if hasattr(_chunks, name)}
 
     def timed(fn: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -128,6 +130,29 @@ def _timed_checks() -> Iterator[list[float]]:
     finally:
         for name, fn in originals.items():
             setattr(_chunks, name, fn)
+
+
+def bench_top_plane(rows: np.ndarray, rounds: int) -> dict[str, Any]:
+    """What bounds ``bytesplit``'s decode: zstd decoding the sign/exponent plane alone (one Huffman symbol per
+    value), in values per second, against lz4 + bitshuffle decoding whole blocks of the same rows."""
+    import zstandard
+
+    from actstore.format import _bytesplit
+
+    blocks = _blocks(rows, "bytesplit")
+    comp = _bytesplit._compressor()  # the encoder's own settings  # noqa: SLF001
+    planes = [comp.compress(_bytesplit.split(b)[-1]) for b in blocks]
+    dec = zstandard.ZstdDecompressor()
+    lz4 = BlockCodec("lz4", np.dtype(np.uint16))
+    encoded = [lz4.encode(b) for b in blocks]
+    out = np.empty_like(blocks[0])
+    top, whole = [], []
+    for _ in range(rounds):
+        top.append(_time(lambda: [dec.decompress(p) for p in planes]))
+        whole.append(_time(lambda: [lz4.decode(e, out) for e in encoded]))
+    values = sum(b.size for b in blocks)
+    return {"top_plane_values_per_s": values / statistics.median(top),
+            "lz4_values_per_s": values / statistics.median(whole)}
 
 
 def bench_nonfinite_chunks(rows: np.ndarray, rounds: int) -> dict[str, Any]:
@@ -188,7 +213,7 @@ def bench_nonfinite_write(rows: np.ndarray, rounds: int, work: Path) -> dict[str
 
 def run(cfg: Config) -> dict[str, Any]:
     numcodecs.blosc.set_nthreads(1)  # one core per codec call: what each decode thread of the reader gets
-    n = 2048 if cfg.smoke else 16384
+    n = 8192 if cfg.smoke else 16384  # two 4096-row chunks even in the smoke run
     synthetic = cached_rows(cfg.data_dir, max(n, 32768))[:n]
     if cfg.smoke:
         synthetic = np.ascontiguousarray(synthetic[:, :256])
@@ -204,6 +229,7 @@ def run(cfg: Config) -> dict[str, Any]:
         else:
             out["codecs"]["minilm"] = bench_codecs(np.concatenate(list(acts.values())), cfg.rounds)
             out["minilm_info"] = info
+    out["top_plane"] = bench_top_plane(synthetic, cfg.rounds)
     out["nonfinite_chunks"] = bench_nonfinite_chunks(synthetic, 3 * cfg.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         out["nonfinite_write"] = bench_nonfinite_write(synthetic, 3 * cfg.rounds, Path(tmp))
@@ -220,6 +246,9 @@ def _print(res: dict[str, Any]) -> None:
             v = r["vs_lz4"]
             print(f"  {name:10s} {r['ratio']:5.3f} ({v['ratio']:4.2f})   {r['encode_GB_s']:6.2f} ({v['encode_GB_s']:4.2f})"
                   f"        {r['decode_GB_s']:6.2f} ({v['decode_GB_s']:4.2f})")
+    tp = res["top_plane"]
+    print(f"\nsign/exponent plane alone, zstd decode: {tp['top_plane_values_per_s'] / 1e9:.2f} G values/s "
+          f"(lz4 + bitshuffle, whole blocks: {tp['lz4_values_per_s'] / 1e9:.2f} G values/s)")
     print("\nNaN/Inf counting on the writer thread's copy + encode: time inside the checks / count vs allow")
     for name, r in res["nonfinite_chunks"].items():
         print(f"  {name:10s} {100 * r['check_share']:5.1f}%  /  {100 * r['count_cost']:+5.1f}%")

@@ -23,4 +23,5 @@ def test_bench_codec_smoke(tmp_path: Path) -> None:
     assert table["lz4"]["vs_lz4"] == {"ratio": 1.0, "encode_GB_s": 1.0, "decode_GB_s": 1.0}
     assert table["none"]["ratio"] < 1.0 < table["lz4"]["ratio"] < table["bytesplit"]["ratio"]
     assert all(r["encode_GB_s"] > 0 and r["decode_GB_s"] > 0 for r in table.values())
+    assert got["top_plane"]["top_plane_values_per_s"] > 0 and got["top_plane"]["lz4_values_per_s"] > 0
     assert got["nonfinite_write"]["count_s"] > 0 and got["nonfinite_write"]["allow_s"] > 0

@@ -131,8 +131,8 @@ def test_an_older_sealed_record_cannot_name_bytesplit(tmp_path: Path) -> None:
         Record.parse(meta, "s.zarr")
 
 
-def test_nonfinite_counted_through_the_top_plane(tmp_path: Path) -> None:
-    """The writer counts NaN/Inf from the plane the encoder made: the commit holds the same count as torch's."""
+def test_nonfinite_is_counted_in_bytesplit_stores(tmp_path: Path) -> None:
+    """NaN/Inf in a bytesplit store are counted as in any other: the commit holds the same count as torch's."""
     x = torch.from_numpy(_activations(600, 64, seed=5).view(np.int16)).view(torch.bfloat16).clone()
     x[3, 7], x[299, 0], x[599, 63], x[450, 10] = float("nan"), float("inf"), -float("inf"), 3.0e38  # 3.0e38 finite
     with actstore.create(tmp_path / "s.zarr", codec="bytesplit", chunk_rows=256) as w:
@@ -140,3 +140,22 @@ def test_nonfinite_counted_through_the_top_plane(tmp_path: Path) -> None:
                  acts={0: x})
     with actstore.ActStore.open(tmp_path / "s.zarr") as store:
         assert dict(store.record.commit.nonfinite) == {"acts/r/0": int((~torch.isfinite(x.float())).sum())} == {"acts/r/0": 3}
+
+
+def test_verify_reports_a_damaged_bytesplit_block(tmp_path: Path) -> None:
+    """``verify`` decodes every block of a bytesplit store: a flipped bit in the coded sign/exponent plane of one
+    block is reported by array and chunk, and reading that block raises instead of returning numbers."""
+    bits = _activations(512, 64, seed=9)
+    path = tmp_path / "s.zarr"
+    with actstore.create(path, codec="bytesplit", chunk_rows=256) as w:
+        w.append("r", rows={"sample": np.arange(512), "step": np.zeros(512, int), "position": np.zeros(512, int)},
+                 acts={0: torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)})
+    assert actstore.verify(path).ok
+    chunk = path / "acts" / "r" / "0" / "c" / "1" / "0"
+    blob = bytearray(chunk.read_bytes())
+    blob[20 + 4 + 256 * 64 + 4 + 40] ^= 0x08  # block 0: header, low-plane size + plane, high-plane size, into it
+    chunk.write_bytes(bytes(blob))
+    report = actstore.verify(path)
+    assert not report.ok and ("acts/r/0", 1) in {(p.array, p.chunk) for p in report.problems}, report.render()
+    with actstore.ActStore.open(path) as store, pytest.raises(CorruptStoreError, match="checksum mismatch"):
+        store[0, "r"][256:300]

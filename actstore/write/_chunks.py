@@ -18,8 +18,7 @@ from ..format._codec import BlockCodec, Buffer
 from ..read._blocks import ArrayReader, BlockCache
 from ..storage._backend import Backend
 
-__all__ = ["ChunkBuffer", "ChunkJob", "count_nonfinite", "encode_block", "encode_chunk", "load_chunk", "maybe_nonfinite",
-           "read_rows"]
+__all__ = ["ChunkBuffer", "ChunkJob", "count_nonfinite", "encode_block", "encode_chunk", "load_chunk", "read_rows"]
 
 
 @dataclass
@@ -35,8 +34,6 @@ class ChunkJob:
     """Encoded blocks known to be final (from an earlier partial flush of the same chunk)."""
     final: bool
     """True when the chunk is full and the buffer is no longer needed afterwards."""
-    suspect: np.ndarray | None = None
-    """Per block, whether it may hold NaN/Inf (see :attr:`ChunkBuffer.suspect`); None: count every block."""
 
 
 @dataclass
@@ -68,10 +65,6 @@ class ChunkBuffer:
     """Chunk buffers whose jobs finished, reused to avoid page-faulting fresh memory for every chunk."""
     block_crcs: dict[int, int] = field(default_factory=dict)
     """crc32c of the encoded bytes of each full block (by absolute block index) not yet in the block sums."""
-    suspect: np.ndarray | None = None
-    """Per block of the current chunk, whether it may hold NaN/Inf: rows are checked as they are copied in (while
-    they are in cache: the check reads no memory the copy did not just touch), so a block never marked is counted
-    as 0 without reading it again. Rows that came in another way (read back on a resume) mark their blocks."""
 
     @property
     def n_blocks(self) -> int:
@@ -92,11 +85,11 @@ class ChunkBuffer:
         with self.lock:
             return self.nonfinite_full + sum(self.nonfinite_partial.values())
 
-    def count(self, block_index: int, rows: np.ndarray, full: bool, suspect: bool) -> None:
-        """Record the NaN/Inf count of one block (0 without reading it unless ``suspect``)."""
+    def count(self, block_index: int, rows: np.ndarray, full: bool) -> None:
+        """Record the NaN/Inf count of one encoded block."""
         if self.logical is None:
             return
-        n = count_nonfinite(rows, self.logical) if suspect else 0
+        n = count_nonfinite(rows, self.logical)
         with self.lock:
             if full:
                 self.nonfinite_full += n
@@ -119,16 +112,14 @@ class ChunkBuffer:
                 self.buf = self.new_buffer()
                 self.encoded = [None] * self.n_blocks
                 self.flushed_fill = 0
-                self.suspect = np.zeros(self.n_blocks, dtype=bool)  # a new array: jobs in flight keep theirs
             fill = self.fill
             take = min(n - start, self.chunk_rows - fill)
-            self._copy_in(rows[start : start + take], fill)
+            self.buf[fill : fill + take] = rows[start : start + take]
             self.n_rows += take
             start += take
             if self.fill == 0:  # the chunk just filled up
                 chunk = self.n_rows // self.chunk_rows - 1
-                jobs.append(ChunkJob(self.key, chunk, self.buf, self.chunk_rows, self.encoded, final=True,
-                                     suspect=self.suspect))
+                jobs.append(ChunkJob(self.key, chunk, self.buf, self.chunk_rows, self.encoded, final=True))
                 self.buf = None
                 self.encoded = []
         return jobs
@@ -140,31 +131,7 @@ class ChunkBuffer:
             return None
         self.flushed_fill = fill
         chunk = self.n_rows // self.chunk_rows
-        return ChunkJob(self.key, chunk, self.buf, fill, self.encoded, final=False, suspect=self.suspect)
-
-    _SLICE_BYTES = 256 << 10
-    """Rows are copied in slices of about this size, each checked for NaN/Inf while it is in cache."""
-    _CHECK_BYTES = 64 << 10
-    """Smaller copies are not checked on the way in (their blocks are marked and counted when encoded): for them
-    the check's fixed cost outweighs the memory it saves reading."""
-
-    def _copy_in(self, rows: np.ndarray, at: int) -> None:
-        """Copy ``rows`` into the buffer at row ``at``; with NaN/Inf counted, mark the blocks of any slice whose
-        cheap check fires (:func:`maybe_nonfinite`)."""
-        assert self.buf is not None
-        n = rows.shape[0]
-        if self.logical is None or self.suspect is None or rows.nbytes < self._CHECK_BYTES:
-            self.buf[at : at + n] = rows
-            if self.logical is not None and self.suspect is not None and n:
-                self.suspect[at // self.block_rows : (at + n - 1) // self.block_rows + 1] = True
-            return
-        step = max(1, self._SLICE_BYTES // max(1, self.width * self.dtype.itemsize))
-        for lo in range(0, rows.shape[0], step):
-            hi = min(lo + step, rows.shape[0])
-            dst = self.buf[at + lo : at + hi]
-            dst[...] = rows[lo:hi]
-            if maybe_nonfinite(dst, self.logical):
-                self.suspect[(at + lo) // self.block_rows : (at + hi - 1) // self.block_rows + 1] = True
+        return ChunkJob(self.key, chunk, self.buf, fill, self.encoded, final=False)
 
     def rewind(self, n_rows: int) -> None:
         """Forget rows ``>= n_rows`` that are still in the buffered chunk."""
@@ -186,29 +153,20 @@ _NONFINITE_FROM = {"bfloat16": (np.uint16, np.int16, 0xFF80, 0x7F80), "float16":
 """Storage dtype -> (unsigned view, signed view, first negative and first positive NaN/Inf bit pattern)."""
 
 
-def maybe_nonfinite(rows: np.ndarray, logical: str) -> bool:
-    """False only when ``rows`` certainly hold no NaN/Inf: two read-only max reductions, nothing written. A value is
-    NaN/Inf iff its exponent bits are all ones, i.e. its bit pattern, read as unsigned, is at least the first
-    negative NaN/Inf pattern (0xFF80 for bf16: the top of the unsigned order), or, read as signed, at least the
-    first positive one (0x7F80: the top of the signed order)."""
-    views = _NONFINITE_FROM.get(logical)
-    if views is None or rows.dtype.itemsize != np.dtype(views[0]).itemsize:
-        return True
-    unsigned, signed, neg, pos = views
-    flat = rows.reshape(-1)
-    return flat.size > 0 and (int(flat.view(unsigned).max()) >= neg or int(flat.view(signed).max()) >= pos)
-
-
 def count_nonfinite(rows: np.ndarray, logical: str) -> int:
-    """NaN and +-Inf values in storage-dtype rows (bf16 as uint16 bits: exponent all ones); the all-finite case
-    costs :func:`maybe_nonfinite`, only rows that may hold one are counted exactly."""
+    """NaN and +-Inf values in storage-dtype rows (bf16 as uint16 bits: exponent all ones).
+
+    The common, all-finite case costs two read-only max reductions and writes nothing: a value is NaN/Inf iff its
+    exponent bits are all ones, i.e. its bit pattern, read as unsigned, is at least the first negative NaN/Inf
+    pattern (0xFF80 for bf16: the top of the unsigned order), or, read as signed, at least the first positive one
+    (0x7F80: the top of the signed order). Only a block that has one is counted exactly."""
     views = _NONFINITE_FROM.get(logical)
     if views is None or rows.dtype.itemsize != np.dtype(views[0]).itemsize:
         return int(rows.size - np.count_nonzero(np.isfinite(rows)))
-    if not maybe_nonfinite(rows, logical):
-        return 0
-    unsigned, pos = views[0], views[3]
+    unsigned, signed, neg, pos = views
     flat = rows.reshape(-1)
+    if flat.size == 0 or (int(flat.view(unsigned).max()) < neg and int(flat.view(signed).max()) < pos):
+        return 0
     exponent = np.bitwise_and(flat.view(unsigned), pos)
     return int(np.count_nonzero(exponent == pos))
 
@@ -224,9 +182,8 @@ def encode_block(job: ChunkJob, array: ChunkBuffer, block: int) -> list[Buffer] 
         return cached
     hi = lo + block_rows
     absolute = job.chunk * array.n_blocks + block
-    suspect = job.suspect is None or bool(job.suspect[block])
     if hi <= job.fill:
-        array.count(absolute, job.buf[lo:hi], full=True, suspect=suspect)
+        array.count(absolute, job.buf[lo:hi], full=True)
         blob = codec.encode_parts(job.buf[lo:hi])
         if codec.checksum:
             array.record_crc(absolute, blob[-1])
@@ -235,7 +192,7 @@ def encode_block(job: ChunkJob, array: ChunkBuffer, block: int) -> list[Buffer] 
         return blob
     padded = np.zeros((block_rows, job.buf.shape[1]), dtype=job.buf.dtype)
     padded[: job.fill - lo] = job.buf[lo : job.fill]
-    array.count(absolute, padded, full=False, suspect=suspect)
+    array.count(absolute, padded, full=False)
     return codec.encode_parts(padded)
 
 
@@ -268,7 +225,6 @@ def load_chunk(be: Backend, array: ChunkBuffer, n_rows: int) -> None:
     blobs = be.read_chunk(array.key, chunk, array.n_blocks)
     array.buf = array.new_buffer()
     array.encoded = [None] * array.n_blocks
-    array.suspect = np.ones(array.n_blocks, dtype=bool)  # rows read back were not checked on their way in
     for i in range(-(-fill // br)):
         reader.decode_block(blobs[i], chunk * array.n_blocks + i, array.buf[i * br : (i + 1) * br])
         if (i + 1) * br <= fill:

@@ -297,3 +297,16 @@ def test_batch_memory_is_recycled_only_once_nothing_refers_to_it(store: ActStore
     assert np.array_equal(kept_raw, truth[128:192].view(torch.int16).numpy())
     assert torch.equal(kept_slice, truth[197:201])
     assert len(seen) < -(-truth.shape[0] // 64)  # memory of dropped batches was handed out again
+
+
+def test_later_epochs_reuse_the_memory_of_earlier_ones(store: ActStore) -> None:
+    """A loader keeps its recycled batch memory across epochs: the second epoch allocates no new batch memory."""
+    loader = store.loader(3, "decision", batch_size=64)
+    epochs = []
+    for _ in range(2):
+        seen = set()
+        for batch in loader:
+            seen.add(batch.untyped_storage().data_ptr())
+            del batch
+        epochs.append(seen)
+    assert epochs[1] <= epochs[0] and len(epochs[0]) <= LoaderConfig().prefetch + 4

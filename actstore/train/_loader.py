@@ -224,6 +224,8 @@ class ActLoader(_Base):
         super().__init__(store, layer, role, **kwargs)
         self.batch = 0
         self._bufs: list[list[np.ndarray]] | None = None
+        self._recyclers: list[dict[tuple[Any, ...], Any]] = []
+        """Per layer, batch memory the caller let go of, handed out again in later epochs too."""
         self._pipes: weakref.WeakSet[Any] = weakref.WeakSet()
         self._closed = False
         store.register_loader(self)
@@ -264,7 +266,7 @@ class ActLoader(_Base):
 
     def _epoch(self, plan: EpochPlan) -> Iterator[Batch]:
         work = Work(plan, tuple(range(plan.n_buffers)), skip=self.batch, reuse=self.config.reuse_buffers)
-        pipe = batches(self._src.inputs(self.config.with_rows), self.config, work, self._bufs)
+        pipe = batches(self._src.inputs(self.config.with_rows), self.config, work, self._bufs, self._recyclers)
         self._pipes.add(pipe)
         try:
             for batch in pipe:

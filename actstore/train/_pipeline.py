@@ -213,10 +213,12 @@ class _LayerOutput:
     """The output tensors of one layer: a ring of reused (optionally pinned) tensors, or ones the caller owns
     (recycled once the caller has let go of them)."""
 
-    def __init__(self, rows: int, width: int, stored: str, out: str, pin: bool, ring: int, keep: int) -> None:
+    def __init__(self, rows: int, width: int, stored: str, out: str, pin: bool, ring: int, keep: int,
+                 recyclers: dict[tuple[Any, ...], _Recycler] | None = None) -> None:
         self.rows, self.width, self.stored, self.out, self.pin = rows, width, stored, out, pin
         self.ring = [self._new() for _ in range(ring)]
-        self.fresh = _Recycler(self._new, keep)
+        key = (rows, width, out, pin)  # a loader's recyclers outlive its iterations: later epochs reuse the memory
+        self.fresh = _Recycler(self._new, keep) if recyclers is None else recyclers.setdefault(key, _Recycler(self._new, keep))
         self.scratch = np.empty((rows, width), dtype=DTYPES[stored][1]) if stored != out else None
 
     def _new(self) -> torch.Tensor:
@@ -242,15 +244,19 @@ class _LayerOutput:
 class _Assembler:
     """Makes the batch the consumer gets from row positions in a decoded set: gather, move, pack."""
 
-    def __init__(self, inputs: Inputs, cfg: LoaderConfig, reuse: bool) -> None:
+    def __init__(self, inputs: Inputs, cfg: LoaderConfig, reuse: bool,
+                 recyclers: list[dict[tuple[Any, ...], _Recycler]] | None = None) -> None:
         self.inputs = inputs
         self.device = torch.device(cfg.device) if cfg.device is not None else None
         self.stream = torch.cuda.Stream(self.device) if self.device is not None and self.device.type == "cuda" else None
         ring = cfg.prefetch + 3 if reuse or self.device is not None else 0
         self.slots = _SlotRing(ring)
+        if recyclers is not None:
+            recyclers.extend({} for _ in range(len(inputs.readers) - len(recyclers)))
         self.outs = [
-            _LayerOutput(cfg.batch_size, r.width, name, cfg.dtype or name, cfg.pin_memory, ring, cfg.prefetch + 4)
-            for r, name in zip(inputs.readers, inputs.dtype_names, strict=True)
+            _LayerOutput(cfg.batch_size, r.width, name, cfg.dtype or name, cfg.pin_memory, ring, cfg.prefetch + 4,
+                         None if recyclers is None else recyclers[i])
+            for i, (r, name) in enumerate(zip(inputs.readers, inputs.dtype_names, strict=True))
         ]
 
     def batch(self, bufs: list[np.ndarray], idx: np.ndarray) -> tuple[Batch, Any]:
@@ -294,11 +300,12 @@ class _Producer:
 
     live: weakref.WeakSet[_Producer] = weakref.WeakSet()
 
-    def __init__(self, inputs: Inputs, cfg: LoaderConfig, work: Work, sets: list[list[np.ndarray]] | None) -> None:
+    def __init__(self, inputs: Inputs, cfg: LoaderConfig, work: Work, sets: list[list[np.ndarray]] | None,
+                 recyclers: list[dict[tuple[Any, ...], _Recycler]] | None = None) -> None:
         self.cfg = cfg
         self.work = work
         self.decode = _DoubleBuffer.build(inputs, work.plan.buffer_rows, sets)
-        self.assemble = _Assembler(inputs, cfg, work.reuse)
+        self.assemble = _Assembler(inputs, cfg, work.reuse, recyclers)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=cfg.prefetch)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="actstore-loader", daemon=True)
@@ -361,19 +368,21 @@ def _shutdown_producers() -> None:
 
 # ------------------------------------------------------------------------------------------- the consumer
 def batches(
-    inputs: Inputs, cfg: LoaderConfig, work: Work, sets: list[list[np.ndarray]] | None = None
+    inputs: Inputs, cfg: LoaderConfig, work: Work, sets: list[list[np.ndarray]] | None = None,
+    recyclers: list[dict[tuple[Any, ...], Any]] | None = None,
 ) -> Iterator[Batch]:
     """Yield the batches of ``work``, prepared on a background thread that starts at the first ``next``.
 
     ``sets``: two lists of decode buffers (one per layer, at least ``plan.buffer_rows`` rows) reused across
-    iterations; None allocates them. Host batches are fresh tensors unless ``work.reuse``; batches moved to
-    ``cfg.device`` are always fresh device tensors, so the host ring is used for them regardless (the copy engine
-    reads a slot before it is reused). Closing the iterator, or losing it, stops and joins the thread.
+    iterations; None allocates them. ``recyclers``: per layer, the recycled output memory of earlier iterations
+    (filled in here; None: this iteration's own). Host batches are the caller's own tensors unless ``work.reuse``;
+    batches moved to ``cfg.device`` are always fresh device tensors, so the host ring is used for them regardless
+    (the copy engine reads a slot before it is reused). Closing the iterator, or losing it, stops and joins the thread.
     """
     work = work.remaining()
     if not work.buffer_ids:
         return
-    producer = _Producer(inputs, cfg, work, sets)
+    producer = _Producer(inputs, cfg, work, sets, recyclers)
     try:
         while True:
             item = producer.queue.get()

@@ -249,7 +249,7 @@ def _print(res: dict[str, Any]) -> None:
     tp = res["top_plane"]
     print(f"\nsign/exponent plane alone, zstd decode: {tp['top_plane_values_per_s'] / 1e9:.2f} G values/s "
           f"(lz4 + bitshuffle, whole blocks: {tp['lz4_values_per_s'] / 1e9:.2f} G values/s)")
-    print("\nNaN/Inf counting on the writer thread's copy + encode: time inside the checks / count vs allow")
+    print("\nNaN/Inf counting on the copy into chunk buffers + encode: time inside the count / counted vs not")
     for name, r in res["nonfinite_chunks"].items():
         print(f"  {name:10s} {100 * r['check_share']:5.1f}%  /  {100 * r['count_cost']:+5.1f}%")
     w = res["nonfinite_write"]

@@ -238,7 +238,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     res["zarr_python"] = bench_zarr(paths["zarr"], chunk, n_chunks, k, batch, n_batches, d)
     bench_actstore(store, batch, 4, d)  # warm-up: allocates the buffers once
     res["actstore"] = bench_actstore(store, batch, n_batches, d)
-    res["actstore_fresh_buffers"] = bench_actstore(store, batch, n_batches, d, reuse_buffers=False)
+    res["actstore_ring"] = bench_actstore(store, batch, n_batches, d, reuse_buffers=True)
     res["actstore_fp32"] = bench_actstore(store, batch, n_batches, d, dtype="float32")
     bench_actstore(store_none, batch, 4, d)
     res["actstore_none"] = bench_actstore(store_none, batch, n_batches, d)
@@ -267,7 +267,7 @@ def report(res: dict[str, Any]) -> None:
     print(f"{'strategy':<34}{'rows/s':>12}{'GB/s':>8}{'actstore / this':>17}")
     names = {"memmap_gather": "(a) np.memmap random gather", "torch_load": "(b) torch.load .pt + randperm",
              "zarr_python": "(c) zarr-python random chunks", "actstore": "actstore loader (bf16)",
-             "actstore_fresh_buffers": "actstore, reuse_buffers=False", "actstore_fp32": "actstore loader -> float32",
+             "actstore_ring": "actstore, reuse_buffers=True", "actstore_fp32": "actstore loader -> float32",
              "actstore_none": "actstore, codec none (bf16)", "actstore_to_gpu": "actstore -> GPU (pinned)",
              "actstore_none_to_gpu": "actstore codec none -> GPU (pinned)"}
     for key, label in names.items():

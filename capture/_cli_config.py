@@ -141,8 +141,7 @@ class OutputConfig:
     backend: Literal["zarr", "hdf5"] | None = None
     """Store backend when --output-dir is a directory (default zarr); a .zarr / .h5 path decides by itself."""
     codec: Codec = "lz4"
-    """Block codec of a new store (a resumed store keeps its own): lz4 is fast, bytesplit smaller at about lz4's
-    speed, zstd smallest, none fastest to read."""
+    """Block codec of a new store (a resumed store keeps its own): lz4 fast, bytesplit smaller, none fastest."""
     auto_timestamp: bool = True
     """Name a store in a directory <output-dir>/<timestamp>.<ext> (else <output-dir>/capture.<ext>)."""
     resume: bool = False

@@ -318,3 +318,22 @@ def test_later_epochs_reuse_the_memory_of_earlier_ones(store: ActStore, monkeypa
         per_epoch.append(len(made) - before)
     assert n > 3 * (LoaderConfig().prefetch + 4)  # enough batches that fresh memory for each would show
     assert per_epoch[0] <= LoaderConfig().prefetch + 4 and sum(per_epoch[1:]) <= 1, per_epoch
+
+
+def test_two_iterations_of_one_loader_at_once_stay_right(store: ActStore) -> None:
+    """Two iterations of the same loader running at once, one several buffers ahead of the other: each yields every
+    row of its epoch at most once, each row right (the second iteration gets its own decode buffers and batch
+    memory instead of decoding into the ones the first is gathering from)."""
+    truth = store[3, "decision"][:]
+    loader = store.loader(3, "decision", batch_size=16, seed=5, shuffle_chunks=1)
+    first, got = iter(loader), {"first": [], "second": []}
+    got["first"] = [next(first) for _ in range(9)]
+    for y in iter(loader):  # the second skips the batches the first has yielded (the loader's resume position)
+        got["first"].append(next(first))
+        got["second"].append(y)
+    got["first"] += list(first)
+    for name, batches in got.items():
+        rows = torch.cat(batches)
+        ids = rows[:, 0].long()
+        assert torch.equal(rows, truth[ids]) and ids.unique().numel() == ids.numel(), name  # column 0: row number
+    assert sorted(torch.cat(got["first"])[:, 0].long().tolist()) == list(range(truth.shape[0]))

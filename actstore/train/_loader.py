@@ -266,7 +266,11 @@ class ActLoader(_Base):
 
     def _epoch(self, plan: EpochPlan) -> Iterator[Batch]:
         work = Work(plan, tuple(range(plan.n_buffers)), skip=self.batch, reuse=self.config.reuse_buffers)
-        pipe = batches(self._src.inputs(self.config.with_rows), self.config, work, self._bufs, self._recyclers)
+        # the decode buffers and recycled batch memory are the loader's, for one iteration at a time: an iteration
+        # started while another is still running gets its own
+        alone = not any(p.gi_frame is not None for p in self._pipes)
+        pipe = batches(self._src.inputs(self.config.with_rows), self.config, work,
+                       self._bufs if alone else None, self._recyclers if alone else None)
         self._pipes.add(pipe)
         try:
             for batch in pipe:

@@ -104,32 +104,23 @@ def bench_codecs(rows: np.ndarray, rounds: int) -> dict[str, Any]:
 
 
 @contextmanager
-def _timed_checks() -> Iterator[list[float]]:
-    """Seconds spent inside the writer's NaN/Inf count (``_chunks.count_nonfinite``, and ``maybe_nonfinite``
-    where a revision has it; the outermost call only) while the block runs: its own share, measured where it
-    runs."""
-    spent, depth = [0.0], [0]
-    originals = {name: getattr(_chunks, name) for name in ("maybe_nonfinite", "count_nonfinite") if hasattr(_chunks, name)}
+def _timed_count() -> Iterator[list[float]]:
+    """Seconds spent inside the writer's NaN/Inf count (``_chunks.count_nonfinite``) while the block runs: its own
+    share, measured where it runs."""
+    spent, count = [0.0], _chunks.count_nonfinite
 
-    def timed(fn: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            depth[0] += 1
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-                if depth[0] == 0:
-                    spent[0] += time.perf_counter() - t0
-        return call
+    def timed(*args: Any, **kwargs: Any) -> int:
+        t0 = time.perf_counter()
+        try:
+            return count(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
 
-    for name, fn in originals.items():
-        setattr(_chunks, name, timed(fn))
+    _chunks.count_nonfinite = timed
     try:
         yield spent
     finally:
-        for name, fn in originals.items():
-            setattr(_chunks, name, fn)
+        _chunks.count_nonfinite = count
 
 
 def bench_top_plane(rows: np.ndarray, rounds: int) -> dict[str, Any]:
@@ -178,7 +169,7 @@ def bench_nonfinite_chunks(rows: np.ndarray, rounds: int) -> dict[str, Any]:
         for r in range(rounds):
             for policy in (("count", "allow") if r % 2 == 0 else ("allow", "count")):
                 logical = "bfloat16" if policy == "count" else None
-                with _timed_checks() as spent:
+                with _timed_count() as spent:
                     total = _time(lambda c=codec, lg=logical, br=block_rows: work(c, br, lg))
                 times[policy].append(total)
                 if logical is not None:

@@ -389,6 +389,7 @@ def run_rounds(ctx: Ctx, names: list[str], rounds: int, parts: tuple[str, ...], 
     for r in range(rounds + 1):
         order = names[r % len(names):] + names[: r % len(names)] if r else names  # actstore lz4 first at warm-up
         for name in order:
+            os.sync()  # no dirty pages of the system before (SAELens writes GBs each round) flushed during this one
             if name == SAELENS:
                 res = measure_saelens(saelens_python or "", ctx, latency_rows, seed + r, check=r == 0)
             else:

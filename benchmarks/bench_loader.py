@@ -50,6 +50,8 @@ class BenchConfig:
     """``cuda`` adds the GB/s delivered to the GPU with pinned memory."""
     batches: int = 64
     """Batches timed per strategy (after one warm-up pass over the data)."""
+    steady_rounds: int = 5
+    """Rounds of the steady-state comparison (one epoch of each long-lived loader and of the memmap per round)."""
     sae_steps: int = 6
     """SAE steps timed per mode."""
     peer_rounds: int = 3
@@ -167,6 +169,44 @@ def bench_actstore(store: actstore.ActStore, batch: int, n_batches: int, d: int,
     return _rate(batch * n_batches, time.perf_counter() - t0, d)
 
 
+def bench_steady(raw: Path, stores: dict[str, actstore.ActStore], n: int, d: int, batch: int,
+                 rounds: int) -> dict[str, Any]:
+    """Training's steady state: one loader per store and one ``np.memmap``, each kept across epochs (as a training
+    loop keeps them), a warm-up epoch each, then ``rounds`` rounds of one epoch each, the order rotated every round;
+    median rows/s and the ratio to the memmap gather (one permutation per epoch, each batch's indices sorted)."""
+    mm = np.memmap(raw, dtype=np.uint16, mode="r", shape=(n, d))
+    rng = np.random.default_rng(3)
+
+    def memmap_epoch() -> int:
+        perm = rng.permutation(n)
+        for s in range(0, n - batch + 1, batch):
+            torch.from_numpy(mm[np.sort(perm[s : s + batch])]).view(torch.bfloat16)
+        return n // batch * batch
+
+    def loader_epoch(loader: Any) -> int:
+        return sum(int(x.shape[0]) for x in loader)
+
+    epochs = {"memmap": memmap_epoch}
+    for name, store in stores.items():
+        loader = store.loader(14, "decision", batch_size=batch)
+        epochs[name] = lambda loader=loader: loader_epoch(loader)
+    for epoch in epochs.values():
+        epoch()
+    rates: dict[str, list[float]] = {name: [] for name in epochs}
+    names = list(epochs)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            rows = epochs[name]()
+            rates[name].append(rows / (time.perf_counter() - t0))
+    out: dict[str, Any] = {"rounds": rounds}
+    for name, values in rates.items():
+        med = float(np.median(values))
+        out[name] = {"rows_per_s": med, "GB_per_s": med * d * 2 / 1e9, "all_rows_per_s": values,
+                     "vs_memmap": med / float(np.median(rates["memmap"]))}
+    return out
+
+
 def bench_sae(store: actstore.ActStore, batch: int, steps: int, d: int, m: int, rounds: int = 3,
               device: str = "cpu") -> dict[str, float]:
     """SAE training steps/s with batches from the loader vs from memory (on ``device``), interleaved, medians."""
@@ -242,6 +282,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     res["actstore_fp32"] = bench_actstore(store, batch, n_batches, d, dtype="float32")
     bench_actstore(store_none, batch, 4, d)
     res["actstore_none"] = bench_actstore(store_none, batch, n_batches, d)
+    res["steady"] = bench_steady(paths["raw"], {"actstore_lz4": store, "actstore_none": store_none}, n, d, batch,
+                                 1 if cfg.smoke else cfg.steady_rounds)
     if cfg.device.startswith("cuda"):
         if torch.cuda.is_available():
             bench_actstore(store, batch, 4, d, pin_memory=True, device=cfg.device)
@@ -274,6 +316,11 @@ def report(res: dict[str, Any]) -> None:
         if key in res:
             r = res[key]
             print(f"{label:<34}{r['rows_per_s']:>12,.0f}{r['GB_per_s']:>8.2f}{ours / r['rows_per_s']:>16.2f}x")
+    st = res["steady"]
+    print(f"\nSteady state (one loader / memmap kept across epochs, {st['rounds']} rounds of one epoch, medians):")
+    for key in ("memmap", "actstore_lz4", "actstore_none"):
+        r = st[key]
+        print(f"  {key:<16}{r['rows_per_s']:>12,.0f} rows/s {r['GB_per_s']:>6.2f} GB/s  {r['vs_memmap']:.2f}x memmap")
     s = res["sae"]
     print(f"SAE (d={res['d']}, {s['d_sae']} latents, k=32) steps/s: in memory {s['memory_steps_per_s']:.3f}, "
           f"from the loader {s['loader_steps_per_s']:.3f} (loader cost {100 * s['loader_cost']:.1f}%)")

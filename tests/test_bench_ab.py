@@ -15,5 +15,5 @@ def test_bench_ab_smoke(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "benchmarks.bench_ab", "--base", "HEAD", "--smoke", "--out", str(out)],
                    cwd=REPO, check=True, capture_output=True, timeout=900)
     got = json.loads(out.read_text())
-    assert set(got["ratio"]) == {"write_s", "read_s", "row_p50_s", "epoch_rows_s"}
+    assert set(got["ratio"]) == {"write_s", "read_s", "row_p50_s", "epoch_rows_s", "steady_rows_s"}
     assert all(v > 0 for v in got["ratio"].values()) and len(got["runs"]["before"]) == 2

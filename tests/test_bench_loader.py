@@ -24,6 +24,11 @@ def test_bench_loader_smoke(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     for key in ("memmap_gather", "torch_load", "zarr_python", "actstore", "actstore_none"):  # the keys docs read
         assert res[key]["rows_per_s"] > 0, key
+    steady = res["steady"]  # long-lived loaders and memmap, each a whole epoch per round
+    for key in ("memmap", "actstore_lz4", "actstore_none"):
+        assert steady[key]["rows_per_s"] > 0 and len(steady[key]["all_rows_per_s"]) == steady["rounds"] == 1, key
+    assert steady["memmap"]["vs_memmap"] == 1.0
+    assert "Steady state (one loader / memmap kept across epochs" in proc.stdout
     peers = res["peers"]
     assert set(peers["systems"]) >= PEERS and peers["all_checks_passed"]
     assert peers["rows"] == res["n_rows"] == 8192 and peers["d"] == res["d"]

@@ -11,3 +11,5 @@ python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_loader.py tests/test_
 python3 benchmarks/bench_loader.py --device cuda --data /tmp/bench_data --peer-rounds 1 --out "$OUT/loader_gpu.json" 2>&1 | tee "$OUT/loader_gpu.txt"
 # per-core codec speeds on the host's CPU (bytesplit's decode against lz4 depends on the CPU's Huffman decoding)
 python3 -m benchmarks.bench_codec --no-minilm --data-dir /tmp/bench_data --out "$OUT/codec_gpu_host.json" 2>&1 | tail -20 | tee "$OUT/codec_gpu_host.txt"
+# the loader's gather (torch.index_select) against np.take split over the decode threads, on 16 cores (same data)
+python3 -m benchmarks.bench_gather --rounds 3 --data /tmp/bench_data --out "$OUT/gather_gpu_host.json" 2>&1 | tail -6 | tee "$OUT/gather_gpu_host.txt"

@@ -135,7 +135,8 @@ def test_nonfinite_is_counted_in_bytesplit_stores(tmp_path: Path) -> None:
     """NaN/Inf in a bytesplit store are counted as in any other: the commit holds the same count as torch's."""
     x = torch.from_numpy(_activations(600, 64, seed=5).view(np.int16)).view(torch.bfloat16).clone()
     x[3, 7], x[299, 0], x[599, 63], x[450, 10] = float("nan"), float("inf"), -float("inf"), 3.0e38  # 3.0e38 finite
-    with actstore.create(tmp_path / "s.zarr", codec="bytesplit", chunk_rows=256) as w:
+    with pytest.warns(RuntimeWarning, match=r"holds NaN/Inf activations: \{'acts/r/0': 3\}"), \
+            actstore.create(tmp_path / "s.zarr", codec="bytesplit", chunk_rows=256) as w:
         w.append("r", rows={"sample": np.arange(600), "step": np.zeros(600, int), "position": np.zeros(600, int)},
                  acts={0: x})
     with actstore.ActStore.open(tmp_path / "s.zarr") as store:

@@ -9,6 +9,9 @@ of ``.pt`` chunks, 8 chunks concatenated + ``torch.randperm`` (the naive baselin
 random whole chunks (lz4 + bitshuffle, 4096-row chunks), concatenated and permuted. Data is generated once under
 ``benchmarks/_data/`` (or ``--data``) and reused.
 
+Steady state (JSON ``steady``): one loader per store (lz4, none) and one ``np.memmap`` kept across epochs, as a
+training loop keeps them, a warm-up epoch each, then ``--steady-rounds`` rotated rounds of one whole epoch each.
+
 Peers (``benchmarks/_peers.py``), on the same rows in the same run: one shuffled pass over every row (rows/s and
 CPU s per M rows) through zarr-python with actstore's own shards and codec, h5py + hdf5plugin blosc, safetensors and
 ``torch.save`` per batch, ``np.memmap`` and (``--saelens-python``) SAELens's cache, beside actstore's loader (lz4 and

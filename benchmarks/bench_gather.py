@@ -12,7 +12,6 @@ process runs no other torch op); ``torch`` sums each batch in float32 on the con
 step runs torch ops there. ``torch.index_select``'s OpenMP workers spin for a while after each call; whether that
 costs the decode threads a core depends on what the rest of the process does with OpenMP, so the two consumers
 can rank the gathers differently. Same data as ``bench_loader`` (``benchmarks/_data``).
-
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from actstore.train import _pipeline
 
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_loader import make_data  # noqa: E402
+from benchmarks.bench_loader import make_data, none_copy  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -150,15 +149,7 @@ def _stores(cfg: Config) -> tuple[dict[str, Path], int, int, int]:
     d, batch, chunk = (64, 256, 512) if cfg.smoke else (2048, 4096, 4096)
     n = 16 * chunk if cfg.smoke else (1 << 30) // (d * 2)
     paths = make_data(Path(cfg.data) / "smoke" if cfg.smoke else Path(cfg.data), n, d, chunk)
-    none_path = paths["store"].with_name(paths["store"].name.replace(".actstore.", ".actstore-none."))
-    if not (none_path / "zarr.json").exists():  # the same rows uncompressed, as bench_loader makes them
-        store = actstore.ActStore.open(paths["store"])
-        with actstore.create(none_path, overwrite=True, chunk_rows=chunk, codec="none") as w:
-            for s in range(0, n, chunk):
-                m = min(chunk, n - s)
-                w.append("decision", rows={k: v[s : s + m] for k, v in store.rows("decision").items()},
-                         acts={14: store[14, "decision"][s : s + m]})
-    return {"lz4": paths["store"], "none": none_path}, n, d, batch
+    return {"lz4": paths["store"], "none": none_copy(paths["store"], n, chunk)}, n, d, batch
 
 
 def run(cfg: Config) -> dict[str, Any]:

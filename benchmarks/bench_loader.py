@@ -111,6 +111,19 @@ def make_data(root: Path, n: int, d: int, chunk: int) -> dict[str, Path]:
     return paths
 
 
+def none_copy(store_path: Path, n: int, chunk: int) -> Path:
+    """The same rows as the lz4 store at ``store_path``, uncompressed (codec "none"): made once beside it."""
+    none_path = store_path.with_name(store_path.name.replace(".actstore.", ".actstore-none."))
+    if not (none_path / "zarr.json").exists():
+        store = actstore.ActStore.open(store_path)
+        with actstore.create(none_path, overwrite=True, chunk_rows=chunk, codec="none") as w:
+            for s in range(0, n, chunk):
+                m = min(chunk, n - s)
+                w.append("decision", rows={k: v[s : s + m] for k, v in store.rows("decision").items()},
+                         acts={14: store[14, "decision"][s : s + m]})
+    return none_path
+
+
 def _rate(rows: int, seconds: float, d: int) -> dict[str, float]:
     return {"rows_per_s": rows / seconds, "GB_per_s": rows * d * 2 / seconds / 1e9, "seconds": seconds}
 
@@ -262,13 +275,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     res: dict[str, Any] = {"n_rows": n, "d": d, "batch": batch, "chunk_rows": chunk, "buffer_chunks": k,
                            "gen_s": time.perf_counter() - t0, "cpus": os.cpu_count()}
     store = actstore.ActStore.open(paths["store"])
-    none_path = paths["store"].with_name(paths["store"].name.replace(".actstore.", ".actstore-none."))
-    if not (none_path / "zarr.json").exists():  # the same rows, uncompressed (codec "none")
-        with actstore.create(none_path, overwrite=True, chunk_rows=chunk, codec="none") as w:
-            for s in range(0, n, chunk):
-                m = min(chunk, n - s)
-                w.append("decision", rows={k: v[s : s + m] for k, v in store.rows("decision").items()},
-                         acts={14: store[14, "decision"][s : s + m]})
+    none_path = none_copy(paths["store"], n, chunk)
     store_none = actstore.ActStore.open(none_path)
     # warm the page cache once
     for p in (paths["raw"], *paths["store"].rglob("*"), *none_path.rglob("*"), *paths["pt"].glob("*"),

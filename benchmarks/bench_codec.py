@@ -34,7 +34,7 @@ import tyro
 
 import actstore
 from actstore.format._codec import CODECS, BlockCodec
-from actstore.write import _chunks
+from actstore.write import _nonfinite
 from actstore.write._chunks import ChunkBuffer, encode_chunk
 from actstore.write._config import StoreConfig
 
@@ -105,9 +105,9 @@ def bench_codecs(rows: np.ndarray, rounds: int) -> dict[str, Any]:
 
 @contextmanager
 def _timed_count() -> Iterator[list[float]]:
-    """Seconds spent inside the writer's NaN/Inf count (``_chunks.count_nonfinite``) while the block runs: its own
+    """Seconds spent inside the writer's NaN/Inf count (``_nonfinite.count_nonfinite``) while the block runs: its own
     share, measured where it runs."""
-    spent, count = [0.0], _chunks.count_nonfinite
+    spent, count = [0.0], _nonfinite.count_nonfinite
 
     def timed(*args: Any, **kwargs: Any) -> int:
         t0 = time.perf_counter()
@@ -116,11 +116,11 @@ def _timed_count() -> Iterator[list[float]]:
         finally:
             spent[0] += time.perf_counter() - t0
 
-    _chunks.count_nonfinite = timed
+    _nonfinite.count_nonfinite = timed
     try:
         yield spent
     finally:
-        _chunks.count_nonfinite = count
+        _nonfinite.count_nonfinite = count
 
 
 def bench_top_plane(rows: np.ndarray, rounds: int) -> dict[str, Any]:

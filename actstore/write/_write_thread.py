@@ -29,6 +29,7 @@ from ..storage._backend import Backend
 from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, load_chunk, read_rows
 from ._config import StoreConfig
 from ._messages import Append, Close, Commit, Declare, Done, Flush, IntervalPassed, Mark, Message, Rollback
+from ._nonfinite import RowsOf
 from ._queue import ByteQueue
 from ._rowstats import RowStatsWriter
 
@@ -164,6 +165,8 @@ class WriterThread(threading.Thread):
                 continue
             if self._sums is not None:
                 self._sums.rewind(key, target)
+            if array.counts is not None:
+                array.counts.forget(target, self._rows_of(array))
             start = array.n_rows - array.fill  # first row of the buffered chunk
             if array.buf is not None and target >= start:
                 array.rewind(target)
@@ -192,9 +195,7 @@ class WriterThread(threading.Thread):
                            block_bytes=self._block_rows * width * dtype.itemsize)
         if self._config.nonfinite == "allow":
             logical = None
-        array = ChunkBuffer(key, width, dtype, codec, self._chunk_rows, self._block_rows, logical=logical)
-        array.nonfinite_full = int((self.record.commit.nonfinite or {}).get(key, 0))
-        return array
+        return ChunkBuffer(key, width, dtype, codec, self._chunk_rows, self._block_rows, logical=logical)
 
     def _submit(self, job: ChunkJob) -> None:
         """Encode and write one chunk on the pool; wait for the oldest when too many are in flight."""
@@ -246,6 +247,9 @@ class WriterThread(threading.Thread):
         if self._sums is not None:  # after every block is on disk, before the record
             self._sums.flush(self._arrays, {k: mark.rows(k) for k in self._arrays}, self._read_back)
         row_stats = self._row_stats.flush(dict(mark.roles))
+        counts = {k: a.counts.commit(mark.rows(k), self._rows_of(a)) for k, a in self._arrays.items()
+                  if a.counts is not None}
+        nonfinite = {k: n for k, n in counts.items() if n}
         if self._config.durable:
             self._be.sync()
         crcs = self._row_stats.checksums(dict(mark.roles), row_stats)
@@ -256,7 +260,7 @@ class WriterThread(threading.Thread):
             conds=freeze(mark.conds),
             samples=int(mark.samples),
             progress=freeze(mark.progress),
-            nonfinite=freeze({k: a.nonfinite for k, a in self._arrays.items() if a.logical and a.nonfinite}),
+            nonfinite=freeze(nonfinite),
             row_stats=freeze(row_stats),
             row_stats_crc32c=freeze(crcs),
         ))
@@ -268,9 +272,14 @@ class WriterThread(threading.Thread):
     def _read_back(self, array: ChunkBuffer, start: int, count: int) -> np.ndarray:
         return read_rows(self._be, array, start, count)
 
+    def _rows_of(self, array: ChunkBuffer) -> RowsOf:
+        """Rows ``[start, stop)`` of ``array`` read back from the store (for NaN/Inf counts of committed rows)."""
+        return lambda start, stop: read_rows(self._be, array, start, stop - start)
+
     def _load_committed(self) -> None:
         """A resumed store: every array's chunk state at its committed row count (its partial chunk read back)."""
         for a, n in self.record.arrays():
             array = self._new_array(a.key, a.width, a.dtype, a.logical)
             load_chunk(self._be, array, n)
+            array.resume_counts(int((self.record.commit.nonfinite or {}).get(a.key, 0)))
             self._arrays[a.key] = array

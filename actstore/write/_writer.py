@@ -33,9 +33,9 @@ from ..format._format import (
 )
 from ..format._record import CondSpec, LayerSpec, Record, RoleSpec, SamplesSpec, Spec, thaw
 from ..storage._backend import Backend
-from ._chunks import count_nonfinite
 from ._config import StoreConfig
 from ._messages import Append, Close, Commit, Declare, Done, Flush, Mark, Message, Rollback
+from ._nonfinite import count_nonfinite
 from ._queue import ByteQueue
 from ._schema import (
     as_index_column,

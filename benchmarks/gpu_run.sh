@@ -13,3 +13,5 @@ python3 benchmarks/bench_loader.py --device cuda --data /tmp/bench_data --peer-r
 python3 -m benchmarks.bench_codec --no-minilm --data-dir /tmp/bench_data --out "$OUT/codec_gpu_host.json" 2>&1 | tail -20 | tee "$OUT/codec_gpu_host.txt"
 # the loader's gather (torch.index_select) against np.take split over the decode threads, on 16 cores (same data)
 python3 -m benchmarks.bench_gather --rounds 3 --data /tmp/bench_data --out "$OUT/gather_gpu_host.json" 2>&1 | tail -6 | tee "$OUT/gather_gpu_host.txt"
+# writer ingest by encode threads on 16 cores, idle / torch-busy / Python-busy process (issue 13 item 1)
+python3 -m benchmarks.bench_writer --threads 1 4 16 --rounds 1 --size-mib 256 --data /tmp/bench_data --out "$OUT/writer_gpu_host.json" 2>&1 | tail -40 | tee "$OUT/writer_gpu_host.txt"

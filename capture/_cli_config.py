@@ -142,6 +142,8 @@ class OutputConfig:
     """Store backend when --output-dir is a directory (default zarr); a .zarr / .h5 path decides by itself."""
     codec: Codec = "lz4"
     """Block codec of a new store (a resumed store keeps its own): lz4 fast, bytesplit smaller, none fastest."""
+    direct_io: bool = False
+    """Write chunk files with O_DIRECT, past the page cache (local Zarr on Linux): faster on machines whose new page-cache memory is slow (a fresh virtual machine), slower where the disk is the limit; see docs/benchmarks.md, Writer ingest."""
     auto_timestamp: bool = True
     """Name a store in a directory <output-dir>/<timestamp>.<ext> (else <output-dir>/capture.<ext>)."""
     resume: bool = False

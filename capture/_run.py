@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["RESUMABLE", "CaptureInterrupted", "Target", "capture_run", "plan_output", "resolve_part", "run",
            "store_path"]
 
-RESUMABLE = frozenset({"max_batches", "device", "codec", "output_dir", "backend", "auto_timestamp", "resume",
-                       "overwrite", "part", "progress_interval", "quiet"})
+RESUMABLE = frozenset({"max_batches", "device", "codec", "direct_io", "output_dir", "backend", "auto_timestamp",
+                       "resume", "overwrite", "part", "progress_interval", "quiet"})
 """Options a resumed run may change; every other option must equal the one recorded in the store."""
 
 
@@ -290,7 +290,7 @@ def run(cfg: RunConfig) -> Path | str:
 
         source.inputs = ModelInputs.of(net)
         attrs["capture"].update(source="dataset", dataset=source.describe())
-    writer = actstore.create(target.path, attrs=attrs, codec=cfg.output.codec,
+    writer = actstore.create(target.path, attrs=attrs, codec=cfg.output.codec, direct_io=cfg.output.direct_io,
                              backend=target.backend, resume=cfg.output.resume, overwrite=cfg.output.overwrite,
                              autocommit=False, part=target.part)
     total = _total_batches(cfg, source)

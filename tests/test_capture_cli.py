@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import moto_s3
 
@@ -104,6 +105,18 @@ def test_the_suffix_decides_the_backend(tmp_path: Path, name: str, backend: str,
     with actstore.ActStore.open(str(out)) as store:
         assert store.num_samples == 2 and store.meta is not None
     assert (tmp_path / "x.h5").suffix != ".zarr" or backend == "zarr"
+
+
+def test_direct_io_writes_the_same_store(tmp_path: Path) -> None:
+    """``--direct-io`` (chunk files past the page cache) stores what a plain run stores."""
+    runs = {}
+    for flag in ((), ("--direct-io",)):
+        out = tmp_path / f"x{len(flag)}.zarr"
+        assert main(["--output-dir", str(out), "--max-batches", "2", *SMALL, "--roles", "decision", *flag]) == 0
+        with actstore.ActStore.open(str(out)) as store:
+            runs[flag] = {layer: store[layer, "decision"][:].float().numpy() for layer in store.layers}
+    plain, direct = runs.values()
+    assert plain.keys() == direct.keys() and all(np.array_equal(plain[k], direct[k]) for k in plain)
 
 
 # -- Ctrl-C and resume ----------------------------------------------------------------------------------------------

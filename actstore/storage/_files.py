@@ -16,10 +16,11 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from .._errors import CorruptStoreError, StoreAccessError
 
-__all__ = ["StoreFiles", "read_error"]
+__all__ = ["StoreFiles", "read_error", "read_into", "write_all"]
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _ABSENT = (FileNotFoundError, NotADirectoryError)
@@ -109,3 +110,17 @@ def read_into(fd: int, view: memoryview, offset: int) -> int:
             break
         got += n
     return got
+
+
+def write_all(fd: int, parts: list[Any]) -> None:
+    """``writev`` the buffers, continuing after short writes."""
+    views = [memoryview(p).cast("B") for p in parts if memoryview(p).nbytes]
+    while views:
+        n = os.writev(fd, views[:1024])
+        while n:
+            if n >= views[0].nbytes:
+                n -= views[0].nbytes
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0

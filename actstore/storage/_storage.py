@@ -87,6 +87,11 @@ class Backend(ABC):
         return 0
 
     # -- capabilities: what a backend can do beyond the interface above (defaults: it cannot) ---------------------
+    def use_direct_io(self, on: bool) -> bool:
+        """Write chunk files past the page cache (``O_DIRECT``) from now on; whether this backend can
+        (``StoreConfig.direct_io``)."""
+        return False
+
     def read_raw_blocks(self, key: str, chunk: int, outs: list[np.ndarray], checksum: bool) -> list[bytes] | None:
         """Read the blocks of an uncompressed chunk straight into ``outs`` (zero-copy), checking their crc32c;
         return each block's stored crc32c (empty without ``checksum``), or None when this backend cannot (the

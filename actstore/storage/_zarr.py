@@ -15,6 +15,7 @@ import re
 import shutil
 import threading
 import uuid
+import warnings
 from abc import abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,8 @@ from ..format._arraymeta import array_doc, check_zarr_array_docs
 from ..format._codec import BlockCodec, crc32c, index_size, parse_index, shard_parts, split_shard
 from ..format._format import META_KEY
 from ..format._record import Record
-from ._files import StoreFiles, read_into
+from . import _direct
+from ._files import StoreFiles, read_into, write_all
 from ._lock import FileLock, lock_error
 from ._openchunks import OPEN_CHUNKS, pread_holding_gil
 from ._storage import LOCK_NAME, ROOT_WAIT, Backend, check_block_size
@@ -192,6 +194,28 @@ class ZarrDirBackend(ZarrBackend):
         self._files = StoreFiles(path)
         self._lock: FileLock | None = None
         self._root_lock: FileLock | None = None
+        self._direct = False
+        """Chunk files are written with ``O_DIRECT`` (:meth:`use_direct_io`)."""
+
+    def use_direct_io(self, on: bool) -> bool:
+        self._direct = on and _direct.supported()
+        return self._direct
+
+    def write_chunk(self, key: str, chunk: int, blocks: list[Any], *, durable: bool) -> None:
+        if not self._direct:
+            return super().write_chunk(key, chunk, blocks, durable=durable)
+        rel = self._chunk_key(key, chunk)
+        target = self.root / rel
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not _direct.write_file(tmp, shard_parts(blocks), durable=durable):
+            self._direct = False
+            warnings.warn(f"the filesystem of {self.root} refuses O_DIRECT: StoreConfig.direct_io is off for this "
+                          "writer (chunk files go through the page cache)", RuntimeWarning, stacklevel=2)
+            return super().write_chunk(key, chunk, blocks, durable=durable)
+        os.replace(tmp, target)
+        if durable:
+            self._sync_dir(target.parent)
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, overwrite: bool) -> ZarrDirBackend:
@@ -388,7 +412,7 @@ class ZarrDirBackend(ZarrBackend):
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            _write_all(fd, [data] if isinstance(data, bytes) else data)
+            write_all(fd, [data] if isinstance(data, bytes) else data)
             if durable:
                 os.fsync(fd)
         except BaseException:
@@ -399,11 +423,15 @@ class ZarrDirBackend(ZarrBackend):
         os.close(fd)
         os.replace(tmp, target)
         if durable:
-            dfd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            self._sync_dir(target.parent)
+
+    @staticmethod
+    def _sync_dir(path: Path) -> None:
+        dfd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -415,21 +443,6 @@ class ZarrDirBackend(ZarrBackend):
 
     def leftover_temp_files(self) -> list[Path]:
         return [p for p in self.root.rglob(".*.tmp") if p.is_file() and not p.is_symlink()]
-
-
-
-def _write_all(fd: int, parts: list[Any]) -> None:
-    """``writev`` the buffers, continuing after short writes."""
-    views = [memoryview(p).cast("B") for p in parts if memoryview(p).nbytes]
-    while views:
-        n = os.writev(fd, views[:1024])
-        while n:
-            if n >= views[0].nbytes:
-                n -= views[0].nbytes
-                views.pop(0)
-            else:
-                views[0] = views[0][n:]
-                n = 0
 
 
 

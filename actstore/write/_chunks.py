@@ -146,9 +146,9 @@ class ChunkBuffer:
             self.block_crcs[block_index] = int.from_bytes(bytes(crc), "little")
 
 
-def encode_block(job: ChunkJob, array: ChunkBuffer, block: int, *, counted: bool = False) -> list[Buffer] | None:
-    """Encode block ``block`` of a job; a partly filled block is zero-padded; an empty one is absent. ``counted``:
-    a full block's NaN/Inf values were already counted (:func:`encode_chunk` counts them all at once)."""
+def encode_block(job: ChunkJob, array: ChunkBuffer, block: int) -> list[Buffer] | None:
+    """Encode block ``block`` of a job (its NaN/Inf counted first); a partly filled block is zero-padded; an empty
+    one is absent."""
     codec, block_rows = array.codec, array.block_rows
     lo = block * block_rows
     if lo >= job.fill:
@@ -159,7 +159,7 @@ def encode_block(job: ChunkJob, array: ChunkBuffer, block: int, *, counted: bool
     hi = lo + block_rows
     absolute = job.chunk * array.n_blocks + block
     if hi <= job.fill:
-        if not counted and array.counts is not None:
+        if array.counts is not None:
             array.counts.record(absolute, job.buf[lo:hi], block_rows)
         blob = codec.encode_parts(job.buf[lo:hi])
         if codec.checksum:
@@ -177,17 +177,10 @@ def encode_block(job: ChunkJob, array: ChunkBuffer, block: int, *, counted: bool
 def encode_chunk(job: ChunkJob, array: ChunkBuffer) -> list[list[Buffer] | None]:
     """All blocks of a job, encoded in this thread (one task per chunk keeps thread hand-offs few).
 
-    The full blocks not encoded before are NaN/Inf-counted together before any is encoded: each numpy reduction
-    gives the GIL up and waits to get it back, which costs up to the switch interval (5 ms) while another Python
-    thread is busy, so one count per chunk instead of one per block. (The chunk, 16 MiB at the defaults, stays in
-    the last-level cache for the encodes that follow.)"""
-    cached, br = job.cached, array.block_rows
-    new = [b for b in range(job.fill // br) if not (b < len(cached) and cached[b] is not None)]
-    bulk = array.counts is not None and bool(new) and new == list(range(new[0], new[-1] + 1))
-    if bulk:
-        rows = job.buf[new[0] * br : (new[-1] + 1) * br]
-        array.counts.record(job.chunk * array.n_blocks + new[0], rows, rows.shape[0])  # type: ignore[union-attr]
-    return [encode_block(job, array, b, counted=bulk) for b in range(array.n_blocks)]
+    Each block is NaN/Inf-counted right before its encode, which then finds it in cache. (One count over all the
+    new blocks of a chunk gives the GIL up fewer times, faster while a pure-Python thread is busy, but leaves the
+    encodes a colder cache and was slower otherwise: docs/benchmarks.md, NaN/Inf accounting.)"""
+    return [encode_block(job, array, b) for b in range(array.n_blocks)]
 
 
 def _reader(be: Backend, array: ChunkBuffer, n_rows: int) -> ArrayReader:

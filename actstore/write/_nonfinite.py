@@ -62,20 +62,12 @@ class NonfiniteCounts:
         """Block index -> (rows counted from the block's start, their NaN/Inf count), for blocks not settled."""
         self._lock = threading.Lock()
 
-    def record(self, first_block: int, rows: np.ndarray, real_rows: int) -> None:
-        """Count ``rows``: blocks ``first_block``, ``first_block + 1``... of which the first ``real_rows`` rows are
-        the array's (the rest is the zero padding of a partial block). One count over all of them first: each
-        numpy reduction gives the GIL up and waits to get it back, so few calls cost less under a busy thread."""
-        br = self.block_rows
-        n_blocks = -(-real_rows // br)
-        total = count_nonfinite(rows, self.logical)
-        found = {}
-        for i in range(n_blocks):
-            one = rows[i * br : (i + 1) * br]
-            found[first_block + i] = (min(br, real_rows - i * br),
-                                      total if n_blocks == 1 or not total else count_nonfinite(one, self.logical))
+    def record(self, block: int, rows: np.ndarray, real_rows: int) -> None:
+        """Count block ``block``: ``rows``, of which the first ``real_rows`` are the array's (the rest is the zero
+        padding of a partial block)."""
+        n = count_nonfinite(rows, self.logical)
         with self._lock:
-            self._blocks.update(found)
+            self._blocks[block] = (real_rows, n)
 
     def total(self) -> int:
         """Every value counted so far (committed or not)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -70,6 +71,9 @@ class WriterThread(threading.Thread):
         self._last_commit = time.monotonic()
         if resumed:
             self._load_committed()
+        if config.direct_io and not backend.use_direct_io(True):
+            warnings.warn(f"{backend.path}: StoreConfig.direct_io needs a local Zarr store on a platform with O_DIRECT; "
+                          "writing through the page cache", RuntimeWarning, stacklevel=3)
         self._workers = config.threads or os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="actstore-enc")
         self._inflight: deque[Future[None]] = deque()

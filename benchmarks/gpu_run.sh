@@ -15,3 +15,4 @@ python3 -m benchmarks.bench_codec --no-minilm --data-dir /tmp/bench_data --out "
 python3 -m benchmarks.bench_gather --rounds 3 --data /tmp/bench_data --out "$OUT/gather_gpu_host.json" 2>&1 | tail -6 | tee "$OUT/gather_gpu_host.txt"
 # writer ingest by encode threads on 16 cores, idle / torch-busy / Python-busy process (issue 13 item 1)
 python3 -m benchmarks.bench_writer --threads 1 4 16 --rounds 1 --size-mib 256 --data /tmp/bench_data --out "$OUT/writer_gpu_host.json" 2>&1 | tail -40 | tee "$OUT/writer_gpu_host.txt"
+python3 -m benchmarks.bench_writer --threads 16 --modes idle --rounds 1 --size-mib 256 --direct-io --data /tmp/bench_data --out "$OUT/writer_gpu_host_direct.json" 2>&1 | tail -12 | tee "$OUT/writer_gpu_host_direct.txt"

@@ -340,7 +340,7 @@ def run(cfg: WriterBenchConfig) -> dict[str, Any]:
                             "all_GB_per_s": [r["GB_per_s"] for r in runs]} for t, runs in res["raw_write"].items()}
     for case in res["cases"].values():
         case["vs_plain_files"] = case["GB_per_s"] / res["raw_write"][str(case["threads"])]["GB_per_s"]
-    for codec in cfg.codecs:
+    for codec in cfg.codecs if "idle" in cfg.modes else ():  # projected from the idle figures only
         idle = res["cases"][f"{codec}/threads={max(threads)}/idle"]["cpu_s_per_GB"]
         res["projection"][codec] = {"cores": cfg.project_cores, "GB_per_s": projection(idle, cfg.project_cores),
                                     "serial_bound_GB_per_s": 1 / idle["writer_thread"],

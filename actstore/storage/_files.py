@@ -20,7 +20,7 @@ from typing import Any
 
 from .._errors import CorruptStoreError, StoreAccessError
 
-__all__ = ["StoreFiles", "read_error", "read_into", "write_all"]
+__all__ = ["StoreFiles", "fsync_dir", "read_error", "read_into", "write_all"]
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _ABSENT = (FileNotFoundError, NotADirectoryError)
@@ -124,3 +124,12 @@ def write_all(fd: int, parts: list[Any]) -> None:
             else:
                 views[0] = views[0][n:]
                 n = 0
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory: a rename or a new file in it survives a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

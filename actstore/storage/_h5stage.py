@@ -28,6 +28,7 @@ import numpy as np
 from .._errors import CorruptStoreError, StoreExistsError
 from ..format._codec import BlockCodec, crc32c
 from ..format._record import Record
+from ._files import fsync_dir
 from ._h5 import H5Backend
 from ._lock import FileLock
 from ._storage import Backend
@@ -44,14 +45,6 @@ def staging_path(h5: str | os.PathLike[str]) -> Path:
 
 def _has_root(stage: Path) -> bool:
     return (stage / "zarr.json").is_file()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _blocks_needed(n_rows: int, chunk: int, chunk_rows: int, block_rows: int, per_chunk: int) -> int:
@@ -113,7 +106,7 @@ def publish(stage: ZarrDirBackend, h5: Path) -> None:
         raise
     out.close()
     os.replace(tmp, h5)
-    _fsync_dir(h5.parent)
+    fsync_dir(h5.parent)
 
 
 def _stage_from_h5(h5: Path, stage: Path) -> None:

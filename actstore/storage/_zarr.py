@@ -29,7 +29,7 @@ from ..format._codec import BlockCodec, crc32c, index_size, parse_index, shard_p
 from ..format._format import META_KEY
 from ..format._record import Record
 from . import _direct
-from ._files import StoreFiles, read_into, write_all
+from ._files import StoreFiles, fsync_dir, read_into, write_all
 from ._lock import FileLock, lock_error
 from ._openchunks import OPEN_CHUNKS, pread_holding_gil
 from ._storage import LOCK_NAME, ROOT_WAIT, Backend, check_block_size
@@ -202,20 +202,9 @@ class ZarrDirBackend(ZarrBackend):
         return self._direct
 
     def write_chunk(self, key: str, chunk: int, blocks: list[Any], *, durable: bool) -> None:
-        if not self._direct:
-            return super().write_chunk(key, chunk, blocks, durable=durable)
-        rel = self._chunk_key(key, chunk)
-        target = self.root / rel
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not _direct.write_file(tmp, shard_parts(blocks), durable=durable):
-            self._direct = False
-            warnings.warn(f"the filesystem of {self.root} refuses O_DIRECT: StoreConfig.direct_io is off for this "
-                          "writer (chunk files go through the page cache)", RuntimeWarning, stacklevel=2)
-            return super().write_chunk(key, chunk, blocks, durable=durable)
-        os.replace(tmp, target)
-        if durable:
-            self._sync_dir(target.parent)
+        rel, parts = self._chunk_key(key, chunk), shard_parts(blocks)
+        if not (self._direct and self._put_direct(rel, parts, durable=durable)):
+            self._put(rel, parts, durable=durable)
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, overwrite: bool) -> ZarrDirBackend:
@@ -405,7 +394,7 @@ class ZarrDirBackend(ZarrBackend):
 
     def _put(self, rel: str, data: bytes | list[Any], *, durable: bool) -> None:
         target = self.root / rel
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        tmp = _tmp_path(target)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:
@@ -423,15 +412,23 @@ class ZarrDirBackend(ZarrBackend):
         os.close(fd)
         os.replace(tmp, target)
         if durable:
-            self._sync_dir(target.parent)
+            fsync_dir(target.parent)
 
-    @staticmethod
-    def _sync_dir(path: Path) -> None:
-        dfd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    def _put_direct(self, rel: str, parts: list[Any], *, durable: bool) -> bool:
+        """:meth:`_put` with the temp file written by ``O_DIRECT`` (:mod:`._direct`); False, nothing written and
+        ``direct_io`` off for this writer (with a warning) where the filesystem refuses it."""
+        target = self.root / rel
+        tmp = _tmp_path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not _direct.write_file(tmp, parts, durable=durable):
+            self._direct = False
+            warnings.warn(f"the filesystem of {self.root} refuses O_DIRECT: StoreConfig.direct_io is off for this "
+                          "writer (chunk files go through the page cache)", RuntimeWarning, stacklevel=3)
+            return False
+        os.replace(tmp, target)
+        if durable:
+            fsync_dir(target.parent)
+        return True
 
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -497,3 +494,7 @@ def _part_root(root: Path) -> Path | None:
         return store
     return None
 
+
+def _tmp_path(target: Path) -> Path:
+    """A unique hidden temp file beside ``target``, renamed onto it once written."""
+    return target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"

@@ -278,7 +278,7 @@ class WriterThread(threading.Thread):
 
     def _rows_of(self, array: ChunkBuffer) -> RowsOf:
         """Rows ``[start, stop)`` of ``array`` read back from the store (for NaN/Inf counts of committed rows)."""
-        return lambda start, stop: read_rows(self._be, array, start, stop - start)
+        return lambda start, stop: self._read_back(array, start, stop - start)
 
     def _load_committed(self) -> None:
         """A resumed store: every array's chunk state at its committed row count (its partial chunk read back)."""

@@ -5,7 +5,11 @@ Batch 32 x 816 tokens, layers 6/10/14, bf16, random weights (transformers GemmaC
 (CUDA synchronize around each, warm-up first):
 
 - ``none``: no hooks (the baseline);
-- ``recorder``: our Recorder, ``full`` selector, writer to a local zarr store (pinned ring, side stream);
+- ``recorder``: our Recorder, ``full`` selector, writer to a local zarr store (pinned ring, side stream; NaN/Inf
+  checked on the GPU before each copy, as ``nonfinite="count"`` does); the store is read back after close and
+  every row counted (``rows_stored`` against ``rows_expected``);
+- ``recorder_allow`` (``--compare-nonfinite``): the same with ``nonfinite="allow"`` (no check on the GPU, no
+  count), so the difference is what the NaN/Inf accounting costs the forward;
 - ``detach_cpu``: hooks doing ``.detach().cpu()`` (what most scripts do);
 - ``cpu_save``: the same plus ``torch.save`` of the batch's tensors per forward.
 
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--tokens", type=int, default=816)
     ap.add_argument("--codec", default="lz4")
     ap.add_argument("--ring", type=int, default=16, help="pinned ring size, in forwards' worth of buffers")
+    ap.add_argument("--compare-nonfinite", action="store_true",
+                    help="also time the Recorder with nonfinite='allow' (no NaN/Inf check)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, a few forwards (runs on CPU too)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -102,28 +108,36 @@ def main(argv: list[str] | None = None) -> dict | None:
     results: dict[str, dict] = {}
     results["none"] = {"times": _time(forward, args.n, args.warmup, device)}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "bench.zarr")
-        sites = [Site(i, "full", f"layers.{i}", full) for i in LAYERS]
-        counter = iter(range(10**9))
-        per_layer = per_fwd // len(LAYERS)
-        ring = args.ring * len(LAYERS)  # buffers: ring forwards' worth of layer copies, pinned up front
-        cfg_rec = RecorderConfig(buffer_bytes=per_layer * ring, cond_kwarg=None)
-        t_all = time.perf_counter()
-        with actstore.create(path, attrs={"model": {"name": "gemma-2b-shaped"}}, codec=args.codec) as w, \
-                Recorder(model, w, sites, cfg_rec) as rec:
-            rec.reserve(per_layer, ring, pin=cuda)
+    def record(nonfinite: str) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "bench.zarr")
+            sites = [Site(i, "full", f"layers.{i}", full) for i in LAYERS]
+            counter = iter(range(10**9))
+            per_layer = per_fwd // len(LAYERS)
+            ring = args.ring * len(LAYERS)  # buffers: ring forwards' worth of layer copies, pinned up front
+            cfg_rec = RecorderConfig(buffer_bytes=per_layer * ring, cond_kwarg=None)
+            t_all = time.perf_counter()
+            with actstore.create(path, attrs={"model": {"name": "gemma-2b-shaped"}}, codec=args.codec,
+                                 nonfinite=nonfinite) as w, Recorder(model, w, sites, cfg_rec) as rec:
+                rec.reserve(per_layer, ring, pin=cuda)
 
-            def recorded():
-                i = next(counter)
-                ctx = BatchContext(sample=torch.arange(i * args.batch, (i + 1) * args.batch))
-                with rec.batch(ctx, progress={"batches": i + 1}):
-                    forward()
+                def recorded():
+                    i = next(counter)
+                    ctx = BatchContext(sample=torch.arange(i * args.batch, (i + 1) * args.batch))
+                    with rec.batch(ctx, progress={"batches": i + 1}):
+                        forward()
 
-            times = _time(recorded, args.n, args.warmup, device)
-        results["recorder"] = {"times": times, "store_wall_s": time.perf_counter() - t_all,
-                               "bytes": rec.bytes_written,
-                               "backpressure_waits": rec.backpressure_waits, "ring_buffers": ring}
+                times = _time(recorded, args.n, args.warmup, device)
+            wall = time.perf_counter() - t_all
+            with actstore.ActStore.open(path) as store:  # every row of every forward, warm-up included
+                stored = store.num_rows("full")
+        return {"times": times, "store_wall_s": wall, "bytes": rec.bytes_written, "nonfinite": nonfinite,
+                "backpressure_waits": rec.backpressure_waits, "ring_buffers": ring,
+                "rows_expected": (args.n + args.warmup) * args.batch * args.tokens, "rows_stored": stored}
+
+    results["recorder"] = record("count")
+    if args.compare_nonfinite:
+        results["recorder_allow"] = record("allow")
 
     def run_with(hook_fn):
         handles = [m.register_forward_hook(hook_fn) for m in layers.values()]
@@ -161,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"{mode:<12} {r['median_s']:>10.4f} {r['ratio']:>7.3f}x")
     rec_r = results["recorder"]
     print(f"recorder: {rec_r['bytes'] / 1e9:.2f} GB into the store in {rec_r['store_wall_s']:.1f} s incl. flush "
-          f"({rec_r['bytes'] / rec_r['store_wall_s'] / 1e9:.2f} GB/s), backpressure waits {rec_r['backpressure_waits']}")
+          f"({rec_r['bytes'] / rec_r['store_wall_s'] / 1e9:.2f} GB/s), backpressure waits {rec_r['backpressure_waits']}, "
+          f"rows stored {rec_r['rows_stored']} of {rec_r['rows_expected']}")
     out = {"device": torch.cuda.get_device_name() if cuda else "cpu", "batch": args.batch, "tokens": args.tokens,
            "layers": list(LAYERS), "bytes_per_forward": per_fwd, "codec": args.codec, "n": args.n,
            "modes": results}

@@ -12,7 +12,9 @@ the bf16 hidden states of every layer of all-MiniLM-L6-v2 (``benchmarks._referen
 NaN/Inf accounting (``StoreConfig.nonfinite``): counting (``count``) against not counting (``allow``), two ways in
 the same run (three times the rounds, the fastest of each: the difference is a few percent): the work of the
 writer's copy into chunk buffers and of its encode jobs, where each block is counted right before it is encoded
-(``ChunkBuffer`` / ``encode_chunk``, one thread), and end to end, the same rows written through ``actstore.create``.
+(``ChunkBuffer`` / ``encode_chunk``, one thread), also with the rows passed as checked by the caller
+(``append(..., finite=True)``, what a capture on CUDA does after its check on the GPU: nothing is counted), and end
+to end, the same rows written through ``actstore.create``.
 """
 
 from __future__ import annotations
@@ -152,10 +154,10 @@ def bench_nonfinite_chunks(rows: np.ndarray, rounds: int) -> dict[str, Any]:
     time spent inside the checks as a share of the counted work. No threads, no file writes: those only dilute it."""
     chunk_rows = 4096
 
-    def work(codec: BlockCodec, block_rows: int, logical: str | None) -> None:
+    def work(codec: BlockCodec, block_rows: int, logical: str | None, checked: bool) -> None:
         buf = ChunkBuffer("acts/r/0", rows.shape[1], rows.dtype, codec, chunk_rows, block_rows, logical=logical)
         for lo in range(0, rows.shape[0], 1024):  # appends of 1024 rows, as a capture's batches
-            for job in buf.add(rows[lo : lo + 1024]):
+            for job in buf.add(rows[lo : lo + 1024], finite=checked):
                 encode_chunk(job, buf)
                 buf.recycle(job)
         assert logical is None or buf.nonfinite == 0
@@ -164,18 +166,20 @@ def bench_nonfinite_chunks(rows: np.ndarray, rounds: int) -> dict[str, Any]:
     for name in CODECS:
         block_rows = StoreConfig(codec=name).blocks
         codec = BlockCodec(name, np.dtype(np.uint16), block_bytes=block_rows * rows.shape[1] * 2)
-        times: dict[str, list[float]] = {"count": [], "allow": []}
+        times: dict[str, list[float]] = {"count": [], "allow": [], "checked": []}
         shares = []
         for r in range(rounds):
-            for policy in (("count", "allow") if r % 2 == 0 else ("allow", "count")):
-                logical = "bfloat16" if policy == "count" else None
+            order = ("count", "allow", "checked")
+            for policy in order[r % 3:] + order[: r % 3]:
+                logical = None if policy == "allow" else "bfloat16"
                 with _timed_count() as spent:
-                    total = _time(lambda c=codec, lg=logical, br=block_rows: work(c, br, lg))
+                    total = _time(lambda c=codec, lg=logical, br=block_rows, ck=policy == "checked": work(c, br, lg, ck))
                 times[policy].append(total)
-                if logical is not None:
+                if policy == "count":
                     shares.append(spent[0] / total)
         count, allow = min(times["count"]), min(times["allow"])  # the least disturbed of each: the cost is small
         res[name] = {"count_s": count, "allow_s": allow, "count_cost": count / allow - 1,
+                     "checked_s": min(times["checked"]), "checked_cost": min(times["checked"]) / allow - 1,
                      "check_share": statistics.median(shares)}
     return res
 
@@ -240,9 +244,11 @@ def _print(res: dict[str, Any]) -> None:
     tp = res["top_plane"]
     print(f"\nsign/exponent plane alone, zstd decode: {tp['top_plane_values_per_s'] / 1e9:.2f} G values/s "
           f"(lz4 + bitshuffle, whole blocks: {tp['lz4_values_per_s'] / 1e9:.2f} G values/s)")
-    print("\nNaN/Inf counting on the copy into chunk buffers + encode: time inside the count / counted vs not")
+    print("\nNaN/Inf counting on the copy into chunk buffers + encode: time inside the count / counted vs not / "
+          "checked by the caller (append finite=True, a capture's GPU check) vs not")
     for name, r in res["nonfinite_chunks"].items():
-        print(f"  {name:10s} {100 * r['check_share']:5.1f}%  /  {100 * r['count_cost']:+5.1f}%")
+        print(f"  {name:10s} {100 * r['check_share']:5.1f}%  /  {100 * r['count_cost']:+5.1f}%  /  "
+              f"{100 * r['checked_cost']:+5.1f}%")
     w = res["nonfinite_write"]
     print(f"write, nonfinite='count' vs 'allow': {w['count_GB_s']:.2f} vs {w['allow_GB_s']:.2f} GB/s: "
           f"the count costs {100 * w['count_cost']:+.1f}%")

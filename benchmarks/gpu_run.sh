@@ -8,6 +8,8 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_env.txt"
 python3 -c "import torch, zarr, numcodecs; print('torch', torch.__version__, 'zarr', zarr.__version__)" | tee -a "$OUT/gpu_env.txt"
 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_loader.py tests/test_capture_recorder.py tests/test_capture_reference.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+# sustained capture (issue 13 item 1): 100 forwards of the Gemma-2B shape, every row stored; and the NaN/Inf check on the GPU against none (item 2)
+python3 benchmarks/bench_capture_gpu.py --n 100 --compare-nonfinite --out "$OUT/capture_gpu_sustained.json" 2>&1 | tail -12 | tee "$OUT/capture_gpu_sustained.txt"
 python3 benchmarks/bench_loader.py --device cuda --data /tmp/bench_data --peer-rounds 1 --out "$OUT/loader_gpu.json" 2>&1 | tee "$OUT/loader_gpu.txt"
 # per-core codec speeds on the host's CPU (bytesplit's decode against lz4 depends on the CPU's Huffman decoding)
 python3 -m benchmarks.bench_codec --no-minilm --data-dir /tmp/bench_data --out "$OUT/codec_gpu_host.json" 2>&1 | tail -20 | tee "$OUT/codec_gpu_host.txt"

@@ -75,6 +75,9 @@ class _Copy:
     view: torch.Tensor
     keep: np.ndarray | None
     event: Any = None
+    finite: torch.Tensor | None = None
+    """On CUDA, when the writer counts NaN/Inf: a pinned bool, True once the event has passed if every value of the
+    copied range (padding included) was finite, checked on the GPU before the copy."""
 
 
 @dataclass
@@ -124,6 +127,9 @@ class Recorder:
         self._seen: set[tuple[str, int, int]] = set()
         self._pool: BufferPool | None = None
         self._stream: Any = None
+        self._check_finite = getattr(getattr(writer, "config", None), "nonfinite", "allow") != "allow"
+        """Check activations for NaN/Inf on the GPU (the store counts or rejects them; a writer told they are
+        finite need not count them on its CPU threads)."""
         self._warned_outside = False
         self.rows_written = 0
         """Activation rows handed to the writer so far (summed over layers)."""
@@ -322,12 +328,16 @@ class Recorder:
             self._stream = torch.cuda.Stream(device=src_BTD.device)
         stream = self._stream or torch.cuda.current_stream(src_BTD.device)
         stream.wait_stream(torch.cuda.current_stream(src_BTD.device))
+        finite = None
         with torch.cuda.stream(stream):
+            if self._check_finite:  # one fused kernel and a one-byte copy, before the copy on the same stream
+                finite = torch.empty((), dtype=torch.bool, pin_memory=True)
+                finite.copy_(torch.isfinite(src_BTD).all(), non_blocking=True)
             view.copy_(src_BTD, non_blocking=True)
             src_BTD.record_stream(stream)
             event = torch.cuda.Event()
             event.record(stream)
-        return _Copy(buf, view.view(B * T, D), keep, event)
+        return _Copy(buf, view.view(B * T, D), keep, event, finite)
 
     # -- hand-off to the writer -----------------------------------------------------------------------------
 
@@ -367,12 +377,14 @@ class Recorder:
             for b in bufs:
                 pool.release(b)
 
+        # the writer is told only what the GPU checked (every layer finite); otherwise its threads count
+        checked = {"finite": True} if all(c.finite is not None and bool(c.finite) for c in pkt.copies.values()) else {}
         rows = pkt.rows
         nbytes = sum(a.numel() * a.element_size() for a in acts.values())
         if pkt.role is None:
-            self.writer.append_cond(self.config.cond_name, rows, acts[0], done=done)
+            self.writer.append_cond(self.config.cond_name, rows, acts[0], done=done, **checked)
         else:
-            self.writer.append(pkt.role, rows, acts, done=done)
+            self.writer.append(pkt.role, rows, acts, done=done, **checked)
             self.rows_written += len(rows["sample"]) * len(acts)
         self.bytes_written += nbytes
 

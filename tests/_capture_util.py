@@ -15,13 +15,13 @@ class MemoryWriter:
         self.samples: list[dict] = []
         self.commits: list[dict | None] = []
 
-    def append(self, role, rows, acts, *, done=None):
+    def append(self, role, rows, acts, *, done=None, finite=False):
         self.appends.append((role, {k: np.array(v) for k, v in rows.items()},
                              {k: torch.as_tensor(v).clone() for k, v in acts.items()}))
         if done is not None:
             done()
 
-    def append_cond(self, name, rows, acts, *, done=None):
+    def append_cond(self, name, rows, acts, *, done=None, finite=False):
         self.conds.append((name, {k: np.array(v) for k, v in rows.items()}, torch.as_tensor(acts).clone()))
         if done is not None:
             done()

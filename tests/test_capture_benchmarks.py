@@ -27,6 +27,7 @@ def test_cpu_benchmark_smoke(capsys):
 
 def test_gpu_benchmark_smoke(tmp_path):
     out = tmp_path / "gpu.json"
-    result = _load("bench_capture_gpu").main(["--smoke", "--out", str(out)])
-    assert set(result["modes"]) == {"none", "recorder", "detach_cpu", "cpu_save"}
-    assert json.loads(out.read_text())["modes"]["recorder"]["bytes"] > 0
+    result = _load("bench_capture_gpu").main(["--smoke", "--compare-nonfinite", "--out", str(out)])
+    assert set(result["modes"]) == {"none", "recorder", "recorder_allow", "detach_cpu", "cpu_save"}
+    rec = json.loads(out.read_text())["modes"]["recorder"]
+    assert rec["bytes"] > 0 and rec["rows_stored"] == rec["rows_expected"] > 0

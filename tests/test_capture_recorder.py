@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -167,6 +169,60 @@ def test_cuda_path_is_bit_exact():
     _, acts = w.rows("instruction", 6)
     prefix = direct[adapter.layer_paths["vlm"].format(i=6)][0].cpu()
     assert torch.equal(acts, prefix[:, 512:544][obs.lang_masks.cpu()])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_nonfinite_checked_on_the_device(tmp_path):
+    """On CUDA the Recorder checks each copied range for NaN/Inf on the GPU: an append whose layers are all finite
+    goes to the writer with ``finite=True`` (not counted again on its threads); one with a NaN/Inf anywhere in the
+    range, padding included, is counted by the writer, so the store's count is that of the kept rows."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import actstore
+    from capture import BatchContext, Recorder, Site, full
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100, bos_token_id=0,
+                                       eos_token_id=0)).eval().cuda()
+    sites = [Site(layer=i, role="full", path=f"transformer.h.{i}", selector=full, stepped=False) for i in (0, 1)]
+    ids = torch.randint(0, 100, (2, 6), device="cuda")
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    poison: list[tuple[int, int]] = []  # (batch row, token) set to NaN / Inf in layer 1's output
+
+    def inject(module, args, out):
+        hidden = out[0] if isinstance(out, tuple) else out
+        for i, (b, t) in enumerate(poison):
+            hidden[b, t, i % 32] = float("nan") if i % 2 == 0 else float("-inf")
+
+    class Spy:
+        def __init__(self, writer):
+            self.writer, self.config, self.finite = writer, writer.config, []
+
+        def append(self, role, rows, acts, *, done=None, finite=False):
+            self.finite.append(finite)
+            self.writer.append(role, rows, acts, done=done, finite=finite)
+
+        def __getattr__(self, name):
+            return getattr(self.writer, name)
+
+    model.transformer.h[1].register_forward_hook(inject)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with torch.no_grad(), actstore.create(tmp_path / "s.zarr", autocommit=False) as w:
+            spy = Spy(w)
+            with Recorder(model, spy, sites) as rec:
+                for n, bad in enumerate([[], [(0, 2), (0, 3)], [(1, 5)]]):  # clean, kept, padding only
+                    poison[:] = bad
+                    ctx = BatchContext(sample=torch.arange(2 * n, 2 * n + 2), pad_mask=mask)
+                    with rec.batch(ctx, progress={"batches": n + 1}):
+                        model(input_ids=ids, attention_mask=mask.long().cuda())
+    assert spy.finite == [True, False, False]
+    with actstore.ActStore.open(tmp_path / "s.zarr") as store:
+        stored = store[1, "full"][:].float().numpy()
+        assert int((~np.isfinite(stored)).sum()) == 2
+        assert dict(store.record.commit.nonfinite or {}) == {"acts/full/1": 2}
 
 
 def test_any_hf_decoder_with_grad_enabled(tmp_path):

@@ -109,7 +109,7 @@ def test_resume_does_not_count_the_partial_block_twice() -> None:
 
 # ------------------------------------------------------------------------------------------- the writer
 _OPS = st.lists(
-    st.one_of(st.tuples(st.just("append"), st.integers(1, 40)),
+    st.one_of(st.tuples(st.just("append"), st.integers(1, 40), st.booleans()),
               st.sampled_from([("commit",), ("rollback",), ("flush",), ("sleep",), ("reopen",), ("check",)])),
     min_size=1, max_size=14)
 
@@ -128,9 +128,10 @@ def _committed_truth(path: Path) -> tuple[int, int]:
 @given(ops=_OPS, autocommit=st.booleans(), seed=st.integers(0, 2**32 - 1), suffix=st.sampled_from([".zarr", ".h5"]))
 def test_recorded_count_is_that_of_the_committed_rows(ops: list[tuple], autocommit: bool, seed: int,
                                                       suffix: str) -> None:
-    """Random appends (NaN/Inf-laden float32), commits, rollbacks, flushes, interval commits (sleeps) and
-    resumes on a store (Zarr or HDF5) of 16-row chunks and 4-row blocks: every commit record's NaN/Inf count
-    equals that of the rows it commits, counted again from the store."""
+    """Random appends (NaN/Inf-laden float32, or finite rows passed with ``finite=True``, as a capture that checked
+    them on the GPU), commits, rollbacks, flushes, interval commits (sleeps) and resumes on a store (Zarr or HDF5)
+    of 16-row chunks and 4-row blocks: every commit record's NaN/Inf count equals that of the rows it commits,
+    counted again from the store."""
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -141,10 +142,11 @@ def test_recorded_count_is_that_of_the_committed_rows(ops: list[tuple], autocomm
         try:
             for op in ops:
                 if op[0] == "append":
-                    x = _rows(rng, op[1], 0.2)
+                    checked = op[2]
+                    x = _rows(rng, op[1], 0.0 if checked else 0.2)
                     r = np.arange(n, n + op[1])
                     w.append("r", rows={"sample": r, "step": np.zeros(op[1], np.int64), "position": r},
-                             acts={0: torch.from_numpy(x)})
+                             acts={0: torch.from_numpy(x)}, finite=checked)
                     n += op[1]
                 elif op[0] == "commit":
                     w.commit()
@@ -166,3 +168,28 @@ def test_recorded_count_is_that_of_the_committed_rows(ops: list[tuple], autocomm
             w.close()
         recorded, truth = _committed_truth(path)
         assert recorded == truth
+
+
+def test_rows_checked_by_the_caller_are_not_counted_again(tmp_path: Path) -> None:
+    """``append(..., finite=True)``: the encode threads skip the blocks that hold only such rows (the writer trusts
+    the caller's check: rows passed as checked are not scanned, here shown with NaN rows passed as checked), and
+    count every block that holds one unchecked row, the checked rows in it too; ``nonfinite="reject"`` does not
+    scan them either."""
+    nan = np.full((4, 3), np.nan, np.float32)
+    ok = np.ones((2, 3), np.float32)
+
+    def rows(lo: int, n: int) -> dict[str, np.ndarray]:
+        r = np.arange(lo, lo + n)
+        return {"sample": r, "step": np.zeros(n, np.int64), "position": r}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with actstore.create(tmp_path / "a.zarr", chunk_rows=16, block_rows=4) as w:
+            w.append("r", rows=rows(0, 4), acts={0: nan}, finite=True)  # block 0: checked rows only
+            w.append("r", rows=rows(4, 2), acts={0: nan[:2]}, finite=True)  # block 1: checked ...
+            w.append("r", rows=rows(6, 2), acts={0: ok}, finite=False)  # ... and unchecked: counted whole
+            w.append_cond("c", rows={"sample": np.arange(4), "step": np.zeros(4, np.int64)}, acts=nan, finite=True)
+        with actstore.create(tmp_path / "b.zarr", nonfinite="reject") as w:
+            w.append("r", rows=rows(0, 4), acts={0: nan}, finite=True)
+    with actstore.ActStore.open(tmp_path / "a.zarr") as store:
+        assert dict(store.record.commit.nonfinite or {}) == {"acts/r/0": 6}

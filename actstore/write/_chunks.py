@@ -35,6 +35,8 @@ class ChunkJob:
     """Encoded blocks known to be final (from an earlier partial flush of the same chunk)."""
     final: bool
     """True when the chunk is full and the buffer is no longer needed afterwards."""
+    unchecked: np.ndarray | None = None
+    """Per block: True when it holds rows to count for NaN/Inf (None: every block; see ``ChunkBuffer.unchecked``)."""
 
 
 @dataclass
@@ -64,6 +66,10 @@ class ChunkBuffer:
     """Chunk buffers whose jobs finished, reused to avoid page-faulting fresh memory for every chunk."""
     block_crcs: dict[int, int] = field(default_factory=dict)
     """crc32c of the encoded bytes of each full block (by absolute block index) not yet in the block sums."""
+    unchecked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Per block of the current chunk: True once it holds a row that no caller checked for NaN/Inf (``append(...,
+    finite=True)``: a capture checks on the GPU), so the encode threads count it. Never cleared within a chunk:
+    rows rewound and appended again, or read back from the store, are counted."""
 
     def __post_init__(self) -> None:
         if self.logical is not None and self.counts is None:
@@ -102,8 +108,9 @@ class ChunkBuffer:
         if job.final and len(self.free) < 2:
             self.free.append(job.buf)
 
-    def add(self, rows: np.ndarray) -> list[ChunkJob]:
-        """Copy ``rows`` in; return the jobs for chunks that became full."""
+    def add(self, rows: np.ndarray, *, finite: bool = False) -> list[ChunkJob]:
+        """Copy ``rows`` in (``finite``: checked for NaN/Inf by the caller); return the jobs for chunks that became
+        full."""
         jobs: list[ChunkJob] = []
         start = 0
         n = rows.shape[0]
@@ -111,15 +118,19 @@ class ChunkBuffer:
             if self.buf is None:
                 self.buf = self.new_buffer()
                 self.encoded = [None] * self.n_blocks
+                self.unchecked = np.zeros(self.n_blocks, dtype=bool)
                 self.flushed_fill = 0
             fill = self.fill
             take = min(n - start, self.chunk_rows - fill)
             self.buf[fill : fill + take] = rows[start : start + take]
+            if not finite and take:
+                self.unchecked[fill // self.block_rows : (fill + take - 1) // self.block_rows + 1] = True
             self.n_rows += take
             start += take
             if self.fill == 0:  # the chunk just filled up
                 chunk = self.n_rows // self.chunk_rows - 1
-                jobs.append(ChunkJob(self.key, chunk, self.buf, self.chunk_rows, self.encoded, final=True))
+                jobs.append(ChunkJob(self.key, chunk, self.buf, self.chunk_rows, self.encoded, final=True,
+                                     unchecked=self.unchecked))
                 self.buf = None
                 self.encoded = []
         return jobs
@@ -131,7 +142,7 @@ class ChunkBuffer:
             return None
         self.flushed_fill = fill
         chunk = self.n_rows // self.chunk_rows
-        return ChunkJob(self.key, chunk, self.buf, fill, self.encoded, final=False)
+        return ChunkJob(self.key, chunk, self.buf, fill, self.encoded, final=False, unchecked=self.unchecked.copy())
 
     def rewind(self, n_rows: int) -> None:
         """Forget rows ``>= n_rows`` that are still in the buffered chunk."""
@@ -158,9 +169,10 @@ def encode_block(job: ChunkJob, array: ChunkBuffer, block: int) -> list[Buffer] 
         return cached
     hi = lo + block_rows
     absolute = job.chunk * array.n_blocks + block
+    unchecked = job.unchecked is None or bool(job.unchecked[block])
     if hi <= job.fill:
         if array.counts is not None:
-            array.counts.record(absolute, job.buf[lo:hi], block_rows)
+            array.counts.record(absolute, job.buf[lo:hi] if unchecked else None, block_rows)
         blob = codec.encode_parts(job.buf[lo:hi])
         if codec.checksum:
             array.record_crc(absolute, blob[-1])
@@ -170,7 +182,7 @@ def encode_block(job: ChunkJob, array: ChunkBuffer, block: int) -> list[Buffer] 
     padded = np.zeros((block_rows, job.buf.shape[1]), dtype=job.buf.dtype)
     padded[: job.fill - lo] = job.buf[lo : job.fill]
     if array.counts is not None:
-        array.counts.record(absolute, padded, job.fill - lo)
+        array.counts.record(absolute, padded if unchecked else None, job.fill - lo)
     return codec.encode_parts(padded)
 
 
@@ -207,6 +219,7 @@ def load_chunk(be: Backend, array: ChunkBuffer, n_rows: int) -> None:
     blobs = be.read_chunk(array.key, chunk, array.n_blocks)
     array.buf = array.new_buffer()
     array.encoded = [None] * array.n_blocks
+    array.unchecked = np.ones(array.n_blocks, dtype=bool)  # read back: counted when encoded again
     for i in range(-(-fill // br)):
         reader.decode_block(blobs[i], chunk * array.n_blocks + i, array.buf[i * br : (i + 1) * br])
         if (i + 1) * br <= fill:

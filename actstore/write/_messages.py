@@ -66,6 +66,8 @@ class Append:
     """(array key, rows in storage dtype) pairs, all of the same row count."""
     done: Done = None
     """Called once the rows are copied."""
+    finite: bool = False
+    """The caller checked that the activation arrays hold no NaN/Inf (on the GPU): their blocks are not counted."""
 
 
 @dataclass(frozen=True)

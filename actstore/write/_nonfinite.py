@@ -62,10 +62,10 @@ class NonfiniteCounts:
         """Block index -> (rows counted from the block's start, their NaN/Inf count), for blocks not settled."""
         self._lock = threading.Lock()
 
-    def record(self, block: int, rows: np.ndarray, real_rows: int) -> None:
+    def record(self, block: int, rows: np.ndarray | None, real_rows: int) -> None:
         """Count block ``block``: ``rows``, of which the first ``real_rows`` are the array's (the rest is the zero
-        padding of a partial block)."""
-        n = count_nonfinite(rows, self.logical)
+        padding of a partial block); None when the appending caller checked every one of them (none)."""
+        n = 0 if rows is None else count_nonfinite(rows, self.logical)
         with self._lock:
             self._blocks[block] = (real_rows, n)
 

@@ -117,8 +117,8 @@ class WriterThread(threading.Thread):
             match message:
                 case Declare(kind, name, spec):
                     self._declare(kind, name, spec)
-                case Append(arrays, done):
-                    self._append(arrays, done)
+                case Append(arrays, done, finite):
+                    self._append(arrays, done, finite)
                 case Commit(mark):
                     self._mark(mark)
                 case Rollback(mark):
@@ -144,11 +144,12 @@ class WriterThread(threading.Thread):
             self._be.create_array(a.key, array.width, array.dtype, array.codec, self._chunk_rows, self._block_rows)
             self._arrays[a.key] = array
 
-    def _append(self, arrays: tuple[tuple[str, np.ndarray], ...], done: Done) -> None:
-        """Copy the rows into their chunk buffers, tell the caller, then submit the chunks that filled up."""
+    def _append(self, arrays: tuple[tuple[str, np.ndarray], ...], done: Done, finite: bool = False) -> None:
+        """Copy the rows into their chunk buffers, tell the caller, then submit the chunks that filled up.
+        ``finite``: the caller checked the rows for NaN/Inf, the encode threads need not count them."""
         jobs: list[ChunkJob] = []
         for key, rows in arrays:
-            jobs.extend(self._arrays[key].add(rows))
+            jobs.extend(self._arrays[key].add(rows, finite=finite))
         if done is not None:
             done()
         for job in jobs:

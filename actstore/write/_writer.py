@@ -114,28 +114,36 @@ class StoreWriter:
     def roles(self) -> list[str]:
         return list(self._schema.roles)
 
-    def append(self, role: str, rows: Mapping[str, Any], acts: Mapping[Any, Any], *, done: Done = None) -> None:
-        """Append ``N`` rows of one role: its row table and the activations of all its layers at once."""
+    def append(self, role: str, rows: Mapping[str, Any], acts: Mapping[Any, Any], *, done: Done = None,
+               finite: bool = False) -> None:
+        """Append ``N`` rows of one role: its row table and the activations of all its layers at once.
+
+        ``finite=True`` says the caller has checked that ``acts`` hold no NaN/Inf (a capture does it on the GPU,
+        before the copy), so the writer does not count them again; a wrong ``True`` makes the store's NaN/Inf count
+        (``commit.nonfinite``) wrong, so pass it only for a check the caller made."""
         self._check_open()
         check_name(role, "role")
         spec = self._schema.roles.get(role)
-        arrays, n, layers = self._layer_arrays(role, acts, spec)
+        arrays, n, layers = self._layer_arrays(role, acts, spec, finite)
         mat, columns = row_matrix(rows, n, None if spec is None else list(spec.columns), ROW_COLUMNS, f"role {role!r}")
         if spec is None:
             self._declare("role", role, RoleSpec(tuple(columns), tuple(layers)))
-        self._put(Append(((rows_key(role), mat), *arrays), done), ("roles", role), n)
+        self._put(Append(((rows_key(role), mat), *arrays), done, finite), ("roles", role), n)
 
-    def append_cond(self, name: str, rows: Mapping[str, Any], acts: Any, *, done: Done = None) -> None:
-        """Append conditioning vectors (e.g. ``adarms``), one row per (sample, step)."""
+    def append_cond(self, name: str, rows: Mapping[str, Any], acts: Any, *, done: Done = None,
+                    finite: bool = False) -> None:
+        """Append conditioning vectors (e.g. ``adarms``), one row per (sample, step); ``finite`` as for
+        :meth:`append`."""
         self._check_open()
         check_name(name, "cond")
         spec = self._schema.conds.get(name)
         arr, dtype = check_acts(acts, f"cond {name!r}", None if spec is None else spec.d, None if spec is None else spec.dtype)
-        self._check_finite(arr, dtype, f"cond {name!r}")
+        if not finite:
+            self._check_finite(arr, dtype, f"cond {name!r}")
         mat, _ = row_matrix(rows, arr.shape[0], list(COND_COLUMNS), COND_COLUMNS, f"cond {name!r}")
         if spec is None:
             self._declare("cond", name, CondSpec(int(arr.shape[1]), dtype))
-        self._put(Append(((cond_rows_key(name), mat), (cond_acts_key(name), arr)), done), ("conds", name), arr.shape[0])
+        self._put(Append(((cond_rows_key(name), mat), (cond_acts_key(name), arr)), done, finite), ("conds", name), arr.shape[0])
 
     def append_samples(
         self,
@@ -246,7 +254,7 @@ class StoreWriter:
             raise WriterClosedError(f"the writer of {self.path} is closed")
         self._raise_if_failed()
 
-    def _layer_arrays(self, role: str, acts: Mapping[Any, Any], spec: RoleSpec | None,
+    def _layer_arrays(self, role: str, acts: Mapping[Any, Any], spec: RoleSpec | None, finite: bool,
                       ) -> tuple[list[tuple[str, np.ndarray]], int, list[LayerSpec]]:
         """The checked activations of every layer of one append: (key, rows) pairs, the row count and the layer
         entries of a role's spec (in natural layer order; used when ``spec`` is None, i.e. a new role)."""
@@ -275,7 +283,8 @@ class StoreWriter:
                 n = arr.shape[0]
             elif arr.shape[0] != n:
                 raise SchemaMismatchError(f"layers of role {role!r} disagree on the row count: {arr.shape[0]} vs {n}")
-            self._check_finite(arr, dtype, f"layer {layer!r} of role {role!r}")
+            if not finite:
+                self._check_finite(arr, dtype, f"layer {layer!r} of role {role!r}")
             arrays.append((acts_key(role, text), arr))
             layers.append(LayerSpec(layer, int(arr.shape[1]), dtype))
         assert n is not None

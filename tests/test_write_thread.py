@@ -101,3 +101,46 @@ def test_first_error_is_kept_and_later_messages_skipped(tmp_path: Path, monkeypa
     queue.put(Commit(_mark(5)), 0, lambda: None)  # skipped: no second write attempt
     _stop(thread, queue, be, _mark(5))
     assert thread.error is boom and calls == [1]
+
+
+def test_done_waits_for_the_chunks_that_borrow_the_rows(tmp_path: Path) -> None:
+    """``done`` of an append whose rows hold whole chunks (encoded from those rows, no copy) comes only after
+    those chunks are written: a caller that reuses its buffer at ``done`` (a capture's pinned ring) never changes
+    a stored row. Every ``done`` is called exactly once."""
+    path = tmp_path / "s.zarr"
+    thread, queue, be = _start(path, commit_interval_s=0.0)
+    rng = np.random.default_rng(0)
+    want, calls, n = [], [], 0
+    for i, size in enumerate((5, 300, 17, 1024, 64, 700)):
+        acts = rng.standard_normal((size, 3)).astype(np.float32)
+        want.append(acts.copy())
+        rows = np.zeros((size, 3), np.int64)
+        rows[:, 0] = np.arange(n, n + size)
+
+        def done(buf: np.ndarray = acts, i: int = i) -> None:
+            calls[i] += 1
+            buf[:] = np.nan  # the caller's buffer, reused at once
+
+        calls.append(0)
+        queue.put(Append(((rows_key(ROLE), rows), (KEY, acts)), done), acts.nbytes, lambda: None)
+        n += size
+    _stop(thread, queue, be, _mark(n))
+    assert thread.error is None and calls == [1] * 6
+    with ActStore.open(path) as store:
+        np.testing.assert_array_equal(store[0, ROLE][:].numpy(), np.concatenate(want))
+
+
+def test_done_is_called_after_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed chunk write (disk full) still gives every append's rows back, borrowed or queued after it."""
+    path = tmp_path / "s.zarr"
+    thread, queue, be = _start(path, commit_interval_s=0.0)
+    monkeypatch.setattr(be, "write_chunk", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left")))
+    calls: list[int] = []
+    for i in range(4):
+        acts = np.ones((600, 3), np.float32)
+        rows = np.zeros((600, 3), np.int64)
+        calls.append(0)
+        queue.put(Append(((rows_key(ROLE), rows), (KEY, acts)), lambda i=i: calls.__setitem__(i, calls[i] + 1)),
+                  acts.nbytes, lambda: None)
+    _stop(thread, queue, be, _mark(2400))
+    assert isinstance(thread.error, OSError) and calls == [1] * 4

@@ -37,6 +37,9 @@ class ChunkJob:
     """True when the chunk is full and the buffer is no longer needed afterwards."""
     unchecked: np.ndarray | None = None
     """Per block: True when it holds rows to count for NaN/Inf (None: every block; see ``ChunkBuffer.unchecked``)."""
+    borrowed: bool = False
+    """``buf`` is a view of the appended rows themselves (a whole chunk inside one append, encoded without a copy),
+    not a chunk buffer: never recycled, and the append's ``done`` waits for the job."""
 
 
 @dataclass
@@ -105,16 +108,25 @@ class ChunkBuffer:
 
     def recycle(self, job: ChunkJob) -> None:
         """Called when a final job is done with its buffer."""
-        if job.final and len(self.free) < 2:
+        if job.final and not job.borrowed and len(self.free) < 2:
             self.free.append(job.buf)
 
     def add(self, rows: np.ndarray, *, finite: bool = False) -> list[ChunkJob]:
         """Copy ``rows`` in (``finite``: checked for NaN/Inf by the caller); return the jobs for chunks that became
-        full."""
+        full. A whole chunk that lies inside ``rows`` (C-contiguous, of the array's dtype) is not copied: its job
+        borrows the rows (:attr:`ChunkJob.borrowed`), which the caller must leave untouched until the job is done."""
         jobs: list[ChunkJob] = []
         start = 0
         n = rows.shape[0]
+        borrow = rows.dtype == self.dtype and rows.flags.c_contiguous
         while start < n:
+            if self.buf is None and self.fill == 0 and borrow and n - start >= self.chunk_rows:  # the writer thread's copy, saved
+                chunk = self.n_rows // self.chunk_rows
+                jobs.append(ChunkJob(self.key, chunk, rows[start : start + self.chunk_rows], self.chunk_rows, [],
+                                     final=True, unchecked=np.full(self.n_blocks, not finite), borrowed=True))
+                self.n_rows += self.chunk_rows
+                start += self.chunk_rows
+                continue
             if self.buf is None:
                 self.buf = self.new_buffer()
                 self.encoded = [None] * self.n_blocks

@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -29,6 +30,7 @@ from ..read._blocksums import BlockSumsWriter
 from ..storage._backend import Backend
 from ._chunks import ChunkBuffer, ChunkJob, encode_chunk, load_chunk, read_rows
 from ._config import StoreConfig
+from ._malloc import keep_blocks_in_heap
 from ._messages import Append, Close, Commit, Declare, Done, Flush, IntervalPassed, Mark, Message, Rollback
 from ._nonfinite import RowsOf
 from ._queue import ByteQueue
@@ -48,6 +50,7 @@ class WriterThread(threading.Thread):
     def __init__(self, backend: Backend, record: Record, config: StoreConfig, queue: ByteQueue[Message], *,
                  resumed: bool) -> None:
         super().__init__(name="actstore-writer", daemon=True)
+        keep_blocks_in_heap()  # encoded blocks reuse heap memory, not fresh page-faulted maps
         self.error: BaseException | None = None
         """The first failure, re-raised by the producer as :class:`WriterFailedError`."""
         self.record = record
@@ -112,6 +115,8 @@ class WriterThread(threading.Thread):
     def _handle(self, message: Message) -> None:
         """Handle one message unless an earlier one failed; keep the first error."""
         if self.error is not None:
+            if isinstance(message, Append) and message.done is not None:
+                message.done()  # the rows are not needed any more: the caller's buffers come back
             return
         try:
             match message:
@@ -145,15 +150,25 @@ class WriterThread(threading.Thread):
             self._arrays[a.key] = array
 
     def _append(self, arrays: tuple[tuple[str, np.ndarray], ...], done: Done, finite: bool = False) -> None:
-        """Copy the rows into their chunk buffers, tell the caller, then submit the chunks that filled up.
-        ``finite``: the caller checked the rows for NaN/Inf, the encode threads need not count them."""
+        """Copy the rows into their chunk buffers, submit the chunks that filled up, and tell the caller once the
+        rows are no longer needed: at once, or when the last job that borrows them (a whole chunk inside the rows,
+        encoded without a copy) is done. ``finite``: the caller checked the rows for NaN/Inf, the encode threads
+        need not count them."""
         jobs: list[ChunkJob] = []
         for key, rows in arrays:
             jobs.extend(self._arrays[key].add(rows, finite=finite))
-        if done is not None:
+        borrowed = sum(job.borrowed for job in jobs)
+        release = _Countdown(borrowed, done) if borrowed and done is not None else None
+        if done is not None and release is None:
             done()
-        for job in jobs:
-            self._submit(job)
+        for i, job in enumerate(jobs):
+            try:
+                self._submit(job, release if job.borrowed else None)
+            except BaseException:  # the caller gets its rows back even so (the writer has failed)
+                if release is not None:
+                    for _ in range(sum(j.borrowed for j in jobs[i + 1 :])):
+                        release.one_done()
+                raise
 
     def _mark(self, mark: Mark) -> None:
         """A consistent point: committed now if the interval has passed, else when it does."""
@@ -202,15 +217,25 @@ class WriterThread(threading.Thread):
             logical = None
         return ChunkBuffer(key, width, dtype, codec, self._chunk_rows, self._block_rows, logical=logical)
 
-    def _submit(self, job: ChunkJob) -> None:
-        """Encode and write one chunk on the pool; wait for the oldest when too many are in flight."""
+    def _submit(self, job: ChunkJob, release: _Countdown | None = None) -> None:
+        """Encode and write one chunk on the pool; wait for the oldest when too many are in flight. ``release`` is
+        counted down once when the job is done, failed, or could not be handed to the pool."""
         array = self._arrays[job.key]
         durable = self._config.durable
-        self._row_stats.observe(job)
+        try:
+            self._row_stats.observe(job)
+        except BaseException:
+            if release is not None:
+                release.one_done()
+            raise
 
         def work() -> None:  # one task per chunk: encode its blocks, write the file, recycle the buffer
-            self._be.write_chunk(job.key, job.chunk, encode_chunk(job, array), durable=durable)
-            array.recycle(job)
+            try:
+                self._be.write_chunk(job.key, job.chunk, encode_chunk(job, array), durable=durable)
+                array.recycle(job)
+            finally:
+                if release is not None:
+                    release.one_done()
 
         try:
             self._inflight.append(self._pool.submit(work))
@@ -288,3 +313,17 @@ class WriterThread(threading.Thread):
             load_chunk(self._be, array, n)
             array.resume_counts(int((self.record.commit.nonfinite or {}).get(a.key, 0)))
             self._arrays[a.key] = array
+
+
+class _Countdown:
+    """Calls ``done`` once :meth:`one_done` has been called ``n`` times (from any thread)."""
+
+    def __init__(self, n: int, done: Callable[[], None]) -> None:
+        self._left, self._done, self._lock = n, done, threading.Lock()
+
+    def one_done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._done()

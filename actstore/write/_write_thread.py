@@ -12,6 +12,7 @@ intact; rows after it are ignored and overwritten on resume.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -116,7 +117,8 @@ class WriterThread(threading.Thread):
         """Handle one message unless an earlier one failed; keep the first error."""
         if self.error is not None:
             if isinstance(message, Append) and message.done is not None:
-                message.done()  # the rows are not needed any more: the caller's buffers come back
+                with contextlib.suppress(Exception):  # the first error is the one kept
+                    message.done()  # the rows are not needed any more: the caller's buffers come back
             return
         try:
             match message:

@@ -3,7 +3,8 @@
     python -m benchmarks.bench_writer                 # 512 MiB of bf16 rows, d=2048, threads 1, 2, 4, ... cores
     python -m benchmarks.bench_writer --smoke         # tiny, seconds (the test runs this)
 
-Every write is ``actstore.create`` / ``append`` (``--append-rows`` rows per call, a forward's worth) / ``close``
+Every write is ``actstore.create`` / ``append`` (``--append-rows`` rows per call, a forward's worth, with a
+``done`` callback as a capture gives) / ``close``
 of the same rows, timed from the first append until ``close`` returns, for each codec and each
 ``StoreConfig.threads``, in three settings of the rest of the process:
 
@@ -178,6 +179,11 @@ def _rival_rate(mode: str, seconds: float) -> float:
     return n / seconds
 
 
+def _released() -> None:
+    """The ``done`` of every append, as a capture passes one: the writer may then encode whole chunks straight from
+    the appended rows (see ``StoreWriter.append``)."""
+
+
 def write_once(root: Path, u16_ND: np.ndarray, codec: str, threads: int, append_rows: int,
                mode: str, nonfinite: str = "count", direct_io: bool = False) -> dict[str, float]:
     """One timed write of every row of ``u16_ND``; GB/s and CPU seconds per GB by thread."""
@@ -192,7 +198,8 @@ def write_once(root: Path, u16_ND: np.ndarray, codec: str, threads: int, append_
         (p0, sys0), c0, t0 = _process_cpu(), time.thread_time(), time.perf_counter()
         for s in range(0, n, append_rows):
             e = min(n, s + append_rows)
-            writer.append("decision", rows={k: v[s:e] for k, v in rows.items()}, acts={14: acts[s:e]})
+            writer.append("decision", rows={k: v[s:e] for k, v in rows.items()}, acts={14: acts[s:e]},
+                          done=_released)
         caller = time.thread_time() - c0
         writer.close()
         seconds = time.perf_counter() - t0

@@ -297,6 +297,20 @@ class Recorder:
         pkt.copies[0] = self._copy(cond_BC.reshape(ctx.batch_size, 1, -1), 0, 1, None)  # (B, C), checked
         self._pending.append(pkt)
 
+    def _acquire(self, nbytes: int) -> torch.Tensor:
+        """A pooled buffer of ``nbytes``; refused at once when the pool can never give it: the copies of the steps
+        still being captured (a role's layers go to the writer together) hold the rest of ``buffer_bytes``, and
+        none of them comes back before this one is taken (waiting would only end in the pool's timeout)."""
+        pool = self._pool
+        assert pool is not None
+        held = sum(c.buf.numel() for p in self._open.values() for c in p.copies.values())
+        if held and held + nbytes > pool.capacity_bytes:
+            raise CaptureConfigError(
+                f"RecorderConfig.buffer_bytes={pool.capacity_bytes} cannot hold one step's copies of a role's layers: "
+                f"{held + nbytes} bytes are needed at once (the layers of a role are handed to the writer together); "
+                f"raise buffer_bytes to at least {held + nbytes} (a few steps' worth keeps the model from waiting)")
+        return pool.acquire(nbytes, self._drain_one)
+
     def _copy(self, acts_BTD: torch.Tensor, start: int, stop: int, keep: np.ndarray | None) -> _Copy:
         """Copy tokens [start, stop) into a pooled host buffer; on CUDA asynchronously on the side stream.
 
@@ -310,7 +324,7 @@ class Recorder:
         itemsize = src_BTD.element_size()
         if not cuda and keep is not None:  # CPU: gather only the kept rows, one copy
             n = len(keep)
-            buf = self._pool.acquire(n * D * itemsize, self._drain_one)
+            buf = self._acquire(n * D * itemsize)
             view = buf[: n * D * itemsize].view(src_BTD.dtype).view(n, D)
             if acts_BTD.is_contiguous():  # index the whole output: no intermediate copy of the range
                 full_T = acts_BTD.shape[1]
@@ -319,7 +333,7 @@ class Recorder:
                 flat, idx = src_BTD.reshape(B * T, D), keep
             torch.index_select(flat, 0, torch.from_numpy(idx), out=view)
             return _Copy(buf, view, None)
-        buf = self._pool.acquire(B * T * D * itemsize, self._drain_one)
+        buf = self._acquire(B * T * D * itemsize)
         view = buf[: B * T * D * itemsize].view(src_BTD.dtype).view(B, T, D)
         if not cuda:
             view.copy_(src_BTD)

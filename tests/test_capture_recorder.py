@@ -247,3 +247,16 @@ def test_any_hf_decoder_with_grad_enabled(tmp_path):
     store = actstore.ActStore.open(tmp_path / "gpt2.zarr")
     assert torch.equal(store[1, "full"][:], want["transformer.h.1"][0][mask])
     assert store.rows("full")["position"].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+
+
+def test_buffer_pool_smaller_than_one_step_is_refused_at_once(ref):
+    """A pool that cannot hold the copies of one step of a role's layers (handed to the writer together) would wait
+    for buffers nothing can return: refused with the size it needs, not after the pool's 10-minute timeout."""
+    model, adapter = ref
+    from capture import CaptureConfigError, RecorderConfig
+
+    sites = adapter.sites([6, 10, 14], ["decision"])
+    with pytest.raises(CaptureConfigError, match=r"buffer_bytes=3000 .* at least \d+"), \
+            Recorder(model, MemoryWriter(), sites, RecorderConfig(buffer_bytes=3000)) as rec, \
+            rec.batch(adapter.context(model, _obs(2, 0))):
+        adapter.run(model, _obs(2, 0), STEPS)

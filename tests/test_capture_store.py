@@ -74,3 +74,23 @@ def test_final_adarms_norm_of_last_layer_matches_model(run):
     assert steps.tolist() == [s for _ in batches for s in range(STEPS) for _ in range(2 * 10)]  # append order
     # the norm re-run on flat rows may take another SIMD path than the model's (B, T, D) call: an ulp, not more
     torch.testing.assert_close(normed, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:capture buffer pool full:RuntimeWarning")
+def test_small_chunks_borrowed_from_the_capture_buffers(run, tmp_path):
+    """With chunks smaller than an append (8 rows), most chunks are encoded straight from the Recorder's pooled
+    buffers, which it reuses as soon as ``done`` returns them (a pool of about two steps' copies here, so buffers
+    come back and are reused all the time; a ``done`` that came before the encode fails this often): the store holds
+    the same rows, bit for bit, as the one written with whole chunks copied."""
+    store, model, adapter, batches, _ = run
+    sites = adapter.sites(LAYERS, ["decision", "instruction"])
+    path = tmp_path / "small.zarr"
+    with actstore.create(str(path), chunk_rows=8, block_rows=4) as w, \
+            Recorder(model, w, sites, capture.RecorderConfig(buffer_bytes=20000)) as rec:
+        for i, obs in enumerate(batches):
+            with rec.batch(adapter.context(model, obs), progress={"batches": i + 1}):
+                adapter.run(model, obs, STEPS)
+    small = actstore.ActStore.open(str(path))
+    for layer in LAYERS:
+        for role in ("decision", "instruction"):
+            assert torch.equal(small[layer, role][:], store[layer, role][:]), (layer, role)

@@ -52,22 +52,24 @@ def test_partial_block_counts_are_replaced_not_added() -> None:
 
 
 def test_whole_chunks_inside_an_append_are_borrowed_not_copied() -> None:
-    """A chunk that lies wholly inside one append (C-contiguous, the array's dtype) is encoded from the appended rows
-    themselves; the rest is copied; a strided or differently typed append is copied; borrowed rows are never
-    recycled as chunk buffers; the encoded bytes are those of the copied path."""
+    """With ``borrow`` (an append with a ``done`` callback), a chunk that lies wholly inside one append (C-contiguous,
+    the array's dtype) is encoded from the appended rows themselves; the rest is copied; a strided or differently
+    typed append, or one without ``borrow``, is copied; borrowed rows are never recycled as chunk buffers; the
+    encoded bytes are those of the copied path."""
     rows = np.arange(60 * 3, dtype="<f4").reshape(60, 3)
+    assert not any(j.borrowed for j in _table().add(rows))
     t = _table()
-    t.add(rows[:3])  # fill 3: the next chunk straddles two appends
-    jobs = t.add(rows[3:40])  # rows 3..39: chunk 0 (rows 0..7) copied, chunks 1..4 (8..39) inside
+    t.add(rows[:3], borrow=True)  # fill 3: the next chunk straddles two appends
+    jobs = t.add(rows[3:40], borrow=True)  # rows 3..39: chunk 0 (rows 0..7) copied, chunks 1..4 (8..39) inside
     assert [(j.chunk, j.borrowed) for j in jobs] == [(0, False), (1, True), (2, True), (3, True), (4, True)]
     assert not np.shares_memory(jobs[0].buf, rows) and all(np.shares_memory(j.buf, rows) for j in jobs[1:])
     copied = _table()
     copied.add(np.array(rows[:3]))
-    ref = copied.add(np.asfortranarray(rows[3:40]))  # not C-contiguous: every chunk copied
+    ref = copied.add(np.asfortranarray(rows[3:40]), borrow=True)  # not C-contiguous: every chunk copied
     assert not any(j.borrowed for j in ref)
     for mine, theirs in zip(jobs, ref, strict=True):
         assert [bytes(b) for b in encode_block(mine, t, 1)] == [bytes(b) for b in encode_block(theirs, copied, 1)]
-    assert not any(j.borrowed for j in _table().add(np.arange(48, dtype="<f8").reshape(16, 3)))  # another dtype
+    assert not any(j.borrowed for j in _table().add(np.arange(48, dtype="<f8").reshape(16, 3), borrow=True))  # dtype
     for j in jobs:
         t.recycle(j)
     assert len(t.free) == 1 and not np.shares_memory(t.free[0], rows)

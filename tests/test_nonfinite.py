@@ -129,7 +129,7 @@ def _committed_truth(path: Path) -> tuple[int, int]:
 def test_recorded_count_is_that_of_the_committed_rows(ops: list[tuple], autocommit: bool, seed: int,
                                                       suffix: str) -> None:
     """Random appends (NaN/Inf-laden float32, or finite rows passed with ``finite=True``, as a capture that checked
-    them on the GPU), commits, rollbacks, flushes, interval commits (sleeps) and resumes on a store (Zarr or HDF5)
+    them on the GPU; with or without ``done``, i.e. whole chunks borrowed or copied), commits, rollbacks, flushes, interval commits (sleeps) and resumes on a store (Zarr or HDF5)
     of 16-row chunks and 4-row blocks: every commit record's NaN/Inf count equals that of the rows it commits,
     counted again from the store."""
     rng = np.random.default_rng(seed)
@@ -145,8 +145,9 @@ def test_recorded_count_is_that_of_the_committed_rows(ops: list[tuple], autocomm
                     checked = op[2]
                     x = _rows(rng, op[1], 0.0 if checked else 0.2)
                     r = np.arange(n, n + op[1])
+                    lend = rng.random() < 0.5  # with done: whole chunks encoded from the rows themselves
                     w.append("r", rows={"sample": r, "step": np.zeros(op[1], np.int64), "position": r},
-                             acts={0: torch.from_numpy(x)}, finite=checked)
+                             acts={0: torch.from_numpy(x)}, finite=checked, done=(lambda: None) if lend else None)
                     n += op[1]
                 elif op[0] == "commit":
                     w.commit()

@@ -111,14 +111,15 @@ class ChunkBuffer:
         if job.final and not job.borrowed and len(self.free) < 2:
             self.free.append(job.buf)
 
-    def add(self, rows: np.ndarray, *, finite: bool = False) -> list[ChunkJob]:
+    def add(self, rows: np.ndarray, *, finite: bool = False, borrow: bool = False) -> list[ChunkJob]:
         """Copy ``rows`` in (``finite``: checked for NaN/Inf by the caller); return the jobs for chunks that became
-        full. A whole chunk that lies inside ``rows`` (C-contiguous, of the array's dtype) is not copied: its job
-        borrows the rows (:attr:`ChunkJob.borrowed`), which the caller must leave untouched until the job is done."""
+        full. With ``borrow``, a whole chunk that lies inside ``rows`` (C-contiguous, of the array's dtype) is not
+        copied: its job borrows the rows (:attr:`ChunkJob.borrowed`), which the caller must leave untouched until
+        the job is done."""
         jobs: list[ChunkJob] = []
         start = 0
         n = rows.shape[0]
-        borrow = rows.dtype == self.dtype and rows.flags.c_contiguous
+        borrow = borrow and rows.dtype == self.dtype and rows.flags.c_contiguous
         while start < n:
             if self.buf is None and self.fill == 0 and borrow and n - start >= self.chunk_rows:  # the writer thread's copy, saved
                 chunk = self.n_rows // self.chunk_rows

@@ -154,11 +154,12 @@ class WriterThread(threading.Thread):
     def _append(self, arrays: tuple[tuple[str, np.ndarray], ...], done: Done, finite: bool = False) -> None:
         """Copy the rows into their chunk buffers, submit the chunks that filled up, and tell the caller once the
         rows are no longer needed: at once, or when the last job that borrows them (a whole chunk inside the rows,
-        encoded without a copy) is done. ``finite``: the caller checked the rows for NaN/Inf, the encode threads
-        need not count them."""
+        encoded without a copy) is done. Only an append with ``done`` lends its rows: without it the caller has no
+        signal of when they are free, so they are copied as soon as the writer thread gets them. ``finite``: the
+        caller checked the rows for NaN/Inf, the encode threads need not count them."""
         jobs: list[ChunkJob] = []
         for key, rows in arrays:
-            jobs.extend(self._arrays[key].add(rows, finite=finite))
+            jobs.extend(self._arrays[key].add(rows, finite=finite, borrow=done is not None))
         borrowed = sum(job.borrowed for job in jobs)
         release = _Countdown(borrowed, done) if borrowed and done is not None else None
         if done is not None and release is None:

@@ -68,17 +68,12 @@ def write_file(path: Path, parts: list[Any], *, durable: bool) -> bool:
         os.ftruncate(fd, total)
         if durable:
             os.fsync(fd)
-    except OSError as exc:
+    except BaseException as exc:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(path)
-        if exc.errno == errno.EINVAL and done == 0:  # opened, but the first aligned write refused: not supported
+        if isinstance(exc, OSError) and exc.errno == errno.EINVAL and done == 0:  # the first aligned write refused
             return False
-        raise
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
         raise
     finally:
         view.release()
